@@ -1,0 +1,57 @@
+//! The one wrapper through which the bridge attaches to the interpreter, counting attaches by
+//! the kind of thread that made them.
+//!
+//! Architecture rule: tokio runtime threads never attach inside the bridge's machinery. The
+//! counters let a test prove it under load (`tests/attach.rs`).
+
+use pyo3::Python;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+thread_local! {
+    static RUNTIME_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+static FROM_RUNTIME: AtomicU64 = AtomicU64::new(0);
+static FROM_OTHER: AtomicU64 = AtomicU64::new(0);
+
+/// Marks the calling thread as a runtime thread (installed as `on_thread_start`).
+pub(crate) fn mark_runtime_thread() {
+    RUNTIME_THREAD.with(|c| c.set(true));
+}
+
+/// Whether the calling thread belongs to a tokio runtime: ours (marked at start) or a user's
+/// runtime whose threads keep tokio's default names.
+pub(crate) fn is_runtime_thread() -> bool {
+    RUNTIME_THREAD.with(Cell::get)
+        || std::thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with("tokio-runtime-worker"))
+}
+
+/// Attaches to the interpreter and runs `f`, counting the attach.
+pub(crate) fn attach<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> R {
+    if is_runtime_thread() {
+        FROM_RUNTIME.fetch_add(1, Ordering::Relaxed);
+    } else {
+        FROM_OTHER.fetch_add(1, Ordering::Relaxed);
+    }
+    Python::attach(f)
+}
+
+/// How often the bridge itself attached, by kind of thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttachCounts {
+    /// Attaches made on tokio runtime threads (must stay 0).
+    pub runtime_threads: u64,
+    /// Attaches made on the bridge's own helper threads.
+    pub other_threads: u64,
+}
+
+/// Snapshot of the attach counters.
+pub fn attach_counts() -> AttachCounts {
+    AttachCounts {
+        runtime_threads: FROM_RUNTIME.load(Ordering::Relaxed),
+        other_threads: FROM_OTHER.load(Ordering::Relaxed),
+    }
+}

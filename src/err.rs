@@ -1,0 +1,64 @@
+//! Errors: one Rust enum inside, Python exceptions at the edge.
+
+use pyo3::exceptions::{PyException, PyRuntimeError, PyTypeError};
+use pyo3::{create_exception, PyErr};
+
+create_exception!(
+    pyo3_async_bridge,
+    RustPanic,
+    PyException,
+    "A Rust future panicked. The exception message carries the panic message (rule C2)."
+);
+
+/// What can go wrong inside the bridge. Converts into a Python exception with [`From`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BridgeError {
+    /// No asyncio loop runs in this thread and no task-local one was set (rule C9).
+    #[error(
+        "no running event loop: call this from a coroutine running on an asyncio event loop, \
+         e.g. inside `async def main(): ...` started with `asyncio.run(main())`, or pass \
+         TaskLocals explicitly (future_into_py_with_locals)"
+    )]
+    NoRunningLoop,
+    /// The object handed to `into_future` cannot be awaited (rule C9).
+    #[error("{0} is not awaitable: into_future expects a coroutine, Task, Future or an object with __await__")]
+    NotAwaitable(String),
+    /// The object given as event loop cannot serve as one.
+    #[error("{0} is not a usable asyncio event loop")]
+    NotALoop(String),
+    /// The Rust future panicked; the payload's message when it had one (rule C2).
+    #[error("{0}")]
+    Panic(String),
+    /// The Rust future was dropped by its runtime before it produced an outcome.
+    #[error("the Rust future was dropped before it completed (was its tokio runtime shut down?)")]
+    Abandoned,
+    /// The Python awaitable went away without completing (its loop closed or it was collected).
+    #[error("the Python awaitable was dropped before it completed (was its event loop closed?)")]
+    AwaitableDropped,
+}
+
+impl From<BridgeError> for PyErr {
+    fn from(e: BridgeError) -> PyErr {
+        match e {
+            BridgeError::NotAwaitable(_) | BridgeError::NotALoop(_) => {
+                PyTypeError::new_err(e.to_string())
+            }
+            BridgeError::Panic(msg) => RustPanic::new_err(msg),
+            BridgeError::NoRunningLoop | BridgeError::Abandoned | BridgeError::AwaitableDropped => {
+                PyRuntimeError::new_err(e.to_string())
+            }
+        }
+    }
+}
+
+/// The message of a panic payload: `&str` and `String` payloads keep their text.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Rust future panicked with a non-string payload".to_owned()
+    }
+}

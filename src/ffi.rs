@@ -1,0 +1,13 @@
+//! The crate's only `unsafe`: asking CPython whether this thread holds the interpreter.
+//!
+//! PyO3 keeps its own attach count private, so the bridge asks CPython directly. It is used to
+//! decide whether a Python reference may be released right here, or must travel back to its loop
+//! thread through the delivery queue (see `queue::release`).
+
+/// Whether the current thread is attached to the interpreter (holds the GIL).
+pub(crate) fn thread_is_attached() -> bool {
+    // SAFETY: `PyGILState_Check` takes no arguments, touches only thread-local and runtime
+    // state, and the CPython docs allow calling it "from any thread at any time". The bridge
+    // only calls it while it owns Python references, i.e. after the interpreter was initialised.
+    unsafe { pyo3::ffi::PyGILState_Check() == 1 }
+}
