@@ -82,7 +82,7 @@ pub fn into_future_with_locals(
     let queue = Arc::clone(locals.queue(py)?);
     let (tx, rx) = oneshot::channel();
     let running = crate::py::get_running_loop_or_none(py)?;
-    if running.is(&locals.event_loop(py)) {
+    if running.is(locals.event_loop(py)) {
         start(locals, awaitable, tx);
     } else {
         let locals = locals.clone();
