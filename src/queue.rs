@@ -227,25 +227,48 @@ static REGISTRY: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
 
 /// The queue of `event_loop`, created and registered with the loop on first use. Attached, any
 /// thread; registration with the loop itself happens on the loop thread.
+///
+/// # Deadlock safety
+/// The registry lock is never held while Python code may run (registration calls into the
+/// loop, which may release the GIL to another thread that then waits for this lock). Only weak
+/// reference look-ups, which run no Python code, happen under it.
 pub(crate) fn queue_for(event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<LoopQueue>> {
+    if let Some(q) = lookup(event_loop) {
+        return Ok(q);
+    }
+    let queue = register(event_loop)?;
+    let loop_ref = PyWeakrefReference::new(event_loop)?.unbind();
     let py = event_loop.py();
     let mut reg = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(e) = reg.iter().find(|e| {
-        e.loop_ref
-            .bind(py)
-            .upgrade()
-            .is_some_and(|l| l.is(event_loop))
-    }) {
-        return Ok(Arc::clone(&e.queue));
+    // Another thread may have registered the same loop meanwhile; the first entry wins and this
+    // queue is dropped (its reader stays registered but is never written to).
+    if let Some(q) = find(&reg, event_loop) {
+        return Ok(q);
     }
-    // Forget loops that were collected; their queues go with them, released here (attached).
-    reg.retain(|e| e.loop_ref.bind(py).upgrade().is_some());
-    let queue = register(event_loop)?;
+    // Forget loops that were collected. Their entries are released after the lock is dropped.
+    let (live, dead): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut *reg)
+        .into_iter()
+        .partition(|e| e.loop_ref.bind(py).upgrade().is_some());
+    *reg = live;
     reg.push(Entry {
-        loop_ref: PyWeakrefReference::new(event_loop)?.unbind(),
+        loop_ref,
         queue: Arc::clone(&queue),
     });
+    drop(reg);
+    drop(dead);
     Ok(queue)
+}
+
+fn lookup(event_loop: &Bound<'_, PyAny>) -> Option<Arc<LoopQueue>> {
+    find(&REGISTRY.lock().unwrap_or_else(PoisonError::into_inner), event_loop)
+}
+
+/// Weak reference look-ups only: runs no Python code (see "Deadlock safety").
+fn find(reg: &[Entry], event_loop: &Bound<'_, PyAny>) -> Option<Arc<LoopQueue>> {
+    let py = event_loop.py();
+    reg.iter()
+        .find(|e| e.loop_ref.bind(py).upgrade().is_some_and(|l| l.is(event_loop)))
+        .map(|e| Arc::clone(&e.queue))
 }
 
 fn register(event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<LoopQueue>> {
