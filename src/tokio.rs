@@ -73,7 +73,7 @@ pub fn get_current_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
 pub fn get_current_locals(py: Python<'_>) -> PyResult<TaskLocals> {
     match TASK_LOCALS.try_with(TaskLocals::clone) {
         Ok(l) => Ok(l),
-        Err(_) => TaskLocals::with_running_loop(py)?.copy_context(py),
+        Err(_) => TaskLocals::running_with_copied_context(py),
     }
 }
 
