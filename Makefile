@@ -10,14 +10,19 @@ VENV := .venv
 VPY := $(abspath $(VENV)/bin/python)
 # Build every PyO3 crate against the venv's interpreter, so cargo and maturin share one build.
 export PYO3_PYTHON := $(VPY)
+# Embedded-interpreter binaries (tests, the demo) load this interpreter's libpython, not another
+# copy the system may have.
+PY_LIBDIR := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR") or "")')
+export LD_LIBRARY_PATH := $(PY_LIBDIR)$(if $(LD_LIBRARY_PATH),:$(LD_LIBRARY_PATH))
 PYTEST := $(VENV)/bin/pytest
 PYTEST_ARGS ?=
 
-.PHONY: help demo test lint test-rust test-nopool test-python test-python-threadsafe build-ext venv
+.PHONY: help demo test lint test-rust test-nopool test-python test-python-threadsafe build-ext venv bench
 
 help:
 	@echo "make demo   - a runnable tour of the bridge (asserts every step)"
 	@echo "make test   - every suite: fmt, clippy, cargo tests (also without PyO3's reference pool), pytest under asyncio and uvloop, both wakeup modes"
+	@echo "make bench  - benchmarks vs pyo3-async-runtimes, PyO3 async fn and asyncio (release build, ~2-3 min); writes BENCHMARKS.md"
 
 $(VENV)/.installed: Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -53,3 +58,9 @@ test-python-threadsafe: build-ext
 
 test: lint test-rust test-nopool test-python test-python-threadsafe
 	@echo "make test: all suites passed"
+
+# Release build of the benchmark extension, then every scenario interleaved across
+# implementations; the tables go into BENCHMARKS.md. `python benches/run.py --help` for options.
+bench: venv
+	cd benches/pyext && ../../$(VENV)/bin/maturin develop --release --quiet
+	$(VPY) benches/run.py --write

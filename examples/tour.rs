@@ -115,9 +115,7 @@ fn main() -> PyResult<()> {
         m.add_function(wrap_pyfunction!(rust_fails, &m)?)?;
         m.add_function(wrap_pyfunction!(rust_panics, &m)?)?;
         m.add("RustPanic", py.get_type::<pyo3_async_bridge::RustPanic>())?;
-        py.import("sys")?
-            .getattr("modules")?
-            .set_item("tour", &m)?;
+        py.import("sys")?.getattr("modules")?.set_item("tour", &m)?;
         let globals = PyDict::new(py);
         py.run(TOUR, Some(&globals), None)
     })

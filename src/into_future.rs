@@ -5,7 +5,6 @@
 //! the runtime side only ever polls the receiver, so it needs no interpreter.
 
 use crate::err::BridgeError;
-use crate::ffi::thread_is_attached;
 use crate::locals::TaskLocals;
 use crate::queue::{describe, LoopQueue};
 use futures::channel::oneshot;
@@ -14,7 +13,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 type Sender = oneshot::Sender<PyResult<Py<PyAny>>>;
@@ -25,7 +24,27 @@ type Sender = oneshot::Sender<PyResult<Py<PyAny>>>;
 #[must_use = "futures do nothing unless polled"]
 pub struct PyFuture {
     rx: oneshot::Receiver<PyResult<Py<PyAny>>>,
+    link: Arc<Link>,
     queue: Arc<LoopQueue>,
+}
+
+/// The task a [`PyFuture`] awaits, shared by the `PyFuture` and the task's [`Completer`].
+///
+/// asyncio holds tasks only weakly, so the bridge holds the running task strongly: from its
+/// start (loop thread) until it is done (the completer, loop thread) or the `PyFuture` is
+/// dropped (any thread; the reference then travels home through the queue).
+#[derive(Default)]
+struct Link {
+    task: Mutex<Option<Py<PyAny>>>,
+}
+
+impl Link {
+    fn take(&self) -> Option<Py<PyAny>> {
+        self.task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
 }
 
 impl Future for PyFuture {
@@ -46,12 +65,10 @@ impl Drop for PyFuture {
         // attached) or has already succeeded, and `try_recv` hands us the value, which must go
         // home unless this thread is attached.
         self.rx.close();
-        if let Ok(Some(value)) = self.rx.try_recv() {
-            if thread_is_attached() {
-                drop(value);
-            } else {
-                self.queue.release(value);
-            }
+        let value = self.rx.try_recv().ok().flatten();
+        let task = self.link.take();
+        if value.is_some() || task.is_some() {
+            self.queue.release((value, task));
         }
     }
 }
@@ -81,17 +98,22 @@ pub fn into_future_with_locals(
     check_awaitable(&awaitable)?;
     let queue = Arc::clone(locals.queue(py)?);
     let (tx, rx) = oneshot::channel();
+    let link = Arc::new(Link::default());
+    let completer = Completer {
+        tx: Some(tx),
+        link: Arc::clone(&link),
+    };
     let running = crate::py::get_running_loop_or_none(py)?;
     if running.is(locals.event_loop(py)) {
-        start(locals, awaitable, tx);
+        start(locals, awaitable, completer);
     } else {
         let locals = locals.clone();
         let awaitable = awaitable.unbind();
         queue.push(Box::new(move |py| {
-            start(&locals, awaitable.into_bound(py), tx)
+            start(&locals, awaitable.into_bound(py), completer)
         }));
     }
-    Ok(PyFuture { rx, queue })
+    Ok(PyFuture { rx, link, queue })
 }
 
 fn check_awaitable(obj: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -110,12 +132,17 @@ fn is_coroutine(obj: &Bound<'_, PyAny>) -> bool {
     crate::py::coroutine_type(obj.py()).is_ok_and(|t| obj.get_type().is(t))
 }
 
-/// Loop thread: creates the task and hooks its completion to `tx`.
-fn start(locals: &TaskLocals, awaitable: Bound<'_, PyAny>, tx: Sender) {
+/// Loop thread: creates the task, holds it in the link and hooks its completion to the
+/// completer.
+fn start(locals: &TaskLocals, awaitable: Bound<'_, PyAny>, mut completer: Completer) {
     let py = awaitable.py();
     match create_task(locals, awaitable.clone()) {
         Ok(task) => {
-            let completer = Completer { tx: Some(tx) };
+            *completer
+                .link
+                .task
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(task.clone().unbind());
             if let Err(e) = task.call_method1(intern!(py, "add_done_callback"), (completer,)) {
                 // The completer is dropped with its sender: the receiver reports
                 // AwaitableDropped rather than hanging.
@@ -127,7 +154,7 @@ fn start(locals: &TaskLocals, awaitable: Bound<'_, PyAny>, tx: Sender) {
             if is_coroutine(&awaitable) {
                 let _ = awaitable.call_method0(intern!(py, "close"));
             }
-            let _ = tx.send(Err(e));
+            completer.send(Err(e));
         }
     }
 }
@@ -170,6 +197,18 @@ fn create_task<'py>(
 #[pyclass(module = "pyo3_async_bridge")]
 struct Completer {
     tx: Option<Sender>,
+    link: Arc<Link>,
+}
+
+impl Completer {
+    /// Loop thread: hands the outcome to the `PyFuture` and lets go of the task.
+    fn send(&mut self, result: PyResult<Py<PyAny>>) {
+        drop(self.link.take());
+        if let Some(tx) = self.tx.take() {
+            // A failed send returns the value; it is dropped right here, attached.
+            let _ = tx.send(result);
+        }
+    }
 }
 
 #[pymethods]
@@ -178,9 +217,6 @@ impl Completer {
         let result = task
             .call_method0(intern!(task.py(), "result"))
             .map(Bound::unbind);
-        if let Some(tx) = self.tx.take() {
-            // A failed send returns the value; it is dropped right here, attached.
-            let _ = tx.send(result);
-        }
+        self.send(result);
     }
 }

@@ -28,6 +28,10 @@ cached_attr!(
     copy_context, "contextvars", "copy_context"
 );
 cached_attr!(
+    /// `contextvars.Context`: a fresh, empty context.
+    context_type, "contextvars", "Context"
+);
+cached_attr!(
     /// `inspect.isawaitable`.
     isawaitable, "inspect", "isawaitable"
 );

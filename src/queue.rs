@@ -260,14 +260,22 @@ pub(crate) fn queue_for(event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<LoopQueue
 }
 
 fn lookup(event_loop: &Bound<'_, PyAny>) -> Option<Arc<LoopQueue>> {
-    find(&REGISTRY.lock().unwrap_or_else(PoisonError::into_inner), event_loop)
+    find(
+        &REGISTRY.lock().unwrap_or_else(PoisonError::into_inner),
+        event_loop,
+    )
 }
 
 /// Weak reference look-ups only: runs no Python code (see "Deadlock safety").
 fn find(reg: &[Entry], event_loop: &Bound<'_, PyAny>) -> Option<Arc<LoopQueue>> {
     let py = event_loop.py();
     reg.iter()
-        .find(|e| e.loop_ref.bind(py).upgrade().is_some_and(|l| l.is(event_loop)))
+        .find(|e| {
+            e.loop_ref
+                .bind(py)
+                .upgrade()
+                .is_some_and(|l| l.is(event_loop))
+        })
         .map(|e| Arc::clone(&e.queue))
 }
 
@@ -337,15 +345,22 @@ fn register_socket(event_loop: &Bound<'_, PyAny>) -> PyResult<Option<Arc<LoopQue
     )?;
     let running = crate::py::get_running_loop_or_none(py)?;
     let add_reader = event_loop.getattr(intern!(py, "add_reader"))?;
+    // The reader's handle keeps the context current at registration, and every drain runs in
+    // it: register from a fresh, empty context so no caller's values leak into later crossings
+    // (C8).
+    let fresh = crate::py::context_type(py)?.call0()?;
     let outcome = if running.is(event_loop) || !is_running(event_loop)? {
         // This thread owns the loop (or nobody runs it): register now.
-        add_reader.call1((fd, drainer))
+        fresh.call_method1(intern!(py, "run"), (add_reader, fd, drainer))
     } else {
         // add_reader is not thread-safe: let the loop thread register. Bytes written before
         // then wait in the socket and fire the reader as soon as it is registered.
-        event_loop.call_method1(
+        let kwargs = pyo3::types::PyDict::new(py);
+        kwargs.set_item(intern!(py, "context"), fresh)?;
+        event_loop.call_method(
             intern!(py, "call_soon_threadsafe"),
             (add_reader, fd, drainer),
+            Some(&kwargs),
         )
     };
     match outcome {
