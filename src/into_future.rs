@@ -103,7 +103,7 @@ pub fn into_future_with_locals(
         tx: Some(tx),
         link: Arc::clone(&link),
     };
-    let running = crate::py::get_running_loop_or_none(py)?;
+    let running = crate::py::running_loop_or_none(py)?;
     if running.is(locals.event_loop(py)) {
         start(locals, awaitable, completer);
     } else {

@@ -125,7 +125,7 @@ impl std::fmt::Debug for TaskLocals {
 /// # Errors
 /// `RuntimeError` with a hint at `asyncio.run(main())` when no loop runs here (rule C9).
 pub fn get_running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    let running = crate::py::get_running_loop_or_none(py)?.call0()?;
+    let running = crate::py::running_loop_or_none(py)?;
     if running.is_none() {
         return Err(BridgeError::NoRunningLoop.into());
     }

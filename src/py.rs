@@ -17,8 +17,13 @@ macro_rules! cached_attr {
 
 cached_attr!(
     /// `asyncio._get_running_loop`: the running loop or `None`, never raises.
-    get_running_loop_or_none, "asyncio", "_get_running_loop"
+    get_running_loop_fn, "asyncio", "_get_running_loop"
 );
+
+/// The loop running in this thread, or `None`.
+pub(crate) fn running_loop_or_none(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    get_running_loop_fn(py)?.call0()
+}
 cached_attr!(
     /// `asyncio.ensure_future`.
     ensure_future, "asyncio", "ensure_future"

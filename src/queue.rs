@@ -343,7 +343,7 @@ fn register_socket(event_loop: &Bound<'_, PyAny>) -> PyResult<Option<Arc<LoopQue
             reader: Some(reader),
         },
     )?;
-    let running = crate::py::get_running_loop_or_none(py)?;
+    let running = crate::py::running_loop_or_none(py)?;
     let add_reader = event_loop.getattr(intern!(py, "add_reader"))?;
     // The reader's handle keeps the context current at registration, and every drain runs in
     // it: register from a fresh, empty context so no caller's values leak into later crossings
