@@ -22,6 +22,7 @@
 
 mod attach;
 pub mod err;
+mod exit;
 mod ffi;
 mod into_future;
 mod into_py;

@@ -17,7 +17,7 @@
 //! `armed` is false and the producer writes a new wakeup; otherwise its job is in the batch the
 //! drain is about to take (invariant 1). A wakeup with nothing to do costs one empty drain.
 
-use crate::attach::attach;
+use crate::exit::{attach_unless_exiting, register_atexit_hook};
 use crate::ffi::thread_is_attached;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -200,7 +200,9 @@ fn waker_thread() -> &'static mpsc::Sender<Arc<LoopQueue>> {
                 while let Ok(first) = rx.recv() {
                     let mut batch = vec![first];
                     batch.extend(rx.try_iter());
-                    attach(|py| {
+                    // After interpreter exit began, the batch is dropped unattached: each queue
+                    // leaks its Python references rather than touch the interpreter.
+                    attach_unless_exiting(|py| {
                         for q in batch {
                             if let Some((call_soon, drainer)) = q.threadsafe.get() {
                                 // A closed loop refuses the call: its jobs are dropped with
@@ -309,6 +311,8 @@ fn register(event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<LoopQueue>> {
             reader: None,
         },
     )?;
+    // The waker thread attaches; it must stop doing so when the interpreter exits.
+    register_atexit_hook(py)?;
     let call_soon = event_loop.getattr(intern!(py, "call_soon_threadsafe"))?;
     let _ = queue.threadsafe.set((call_soon.unbind(), drainer));
     Ok(queue)
