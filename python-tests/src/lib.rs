@@ -2,7 +2,11 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3_async_bridge::tokio::{future_into_py, get_current_locals, into_future};
+use pyo3_async_bridge::tokio::{
+    future_into_py, future_into_py_with_locals, get_current_locals, get_current_loop, into_future,
+};
+use pyo3_async_bridge::{into_future_with_locals, TaskLocals};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Resolves to `value` after `secs` seconds of tokio sleep (C2).
@@ -146,6 +150,70 @@ fn read_var_inside(py: Python<'_>, var: Py<PyAny>) -> PyResult<Bound<'_, PyAny>>
     })
 }
 
+/// Resolves to `value` on `event_loop`, through `TaskLocals::new(event_loop)` (C9: an object
+/// that is not a usable loop raises `TypeError` at the call).
+#[pyfunction]
+fn ready_on<'py>(
+    py: Python<'py>,
+    event_loop: Bound<'py, PyAny>,
+    value: Py<PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    future_into_py_with_locals(py, TaskLocals::new(event_loop), async move { Ok(value) })
+}
+
+/// Starts `awaitable` at the call, on the loop thread, with `TaskLocals::new` (no context),
+/// and resolves to its result (C1: it runs in a copy of the caller's context).
+#[pyfunction]
+fn into_future_no_context_now<'py>(
+    py: Python<'py>,
+    awaitable: Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let locals = TaskLocals::new(pyo3_async_bridge::get_running_loop(py)?);
+    let fut = into_future_with_locals(&locals, awaitable)?;
+    future_into_py(py, fut)
+}
+
+/// Rust starts `awaitable` from a runtime thread with `TaskLocals::new` (no context) and
+/// returns its result (C1: it runs in a fresh, empty context).
+#[pyfunction]
+fn await_py_no_context(py: Python<'_>, awaitable: Py<PyAny>) -> PyResult<Bound<'_, PyAny>> {
+    future_into_py(py, async move {
+        let fut = Python::attach(|py| {
+            let locals = TaskLocals::new(get_current_loop(py)?);
+            into_future_with_locals(&locals, awaitable.into_bound(py))
+        })?;
+        fut.await
+    })
+}
+
+static RUST_DROPS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts its own drop in [`rust_drops`].
+struct CountDrop;
+impl Drop for CountDrop {
+    fn drop(&mut self) {
+        RUST_DROPS.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Like `sleep_then(secs, None)`, but the Rust future's drop is counted in `rust_drops()` (C7:
+/// a cancelled or collected future's Rust work is dropped).
+#[pyfunction]
+fn counted_sleep(py: Python<'_>, secs: f64) -> PyResult<Bound<'_, PyAny>> {
+    let guard = CountDrop;
+    future_into_py(py, async move {
+        let _guard = guard;
+        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+        Ok(())
+    })
+}
+
+/// How many `counted_sleep` futures have been dropped on the Rust side.
+#[pyfunction]
+fn rust_drops() -> u64 {
+    RUST_DROPS.load(Ordering::SeqCst)
+}
+
 /// Bridge counters: `(wakeups, drains, jobs, runtime_thread_attaches, other_attaches)`.
 #[pyfunction]
 fn stats() -> (u64, u64, u64, u64, u64) {
@@ -181,5 +249,10 @@ fn bridge_pytests(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(locals_inside, m)?)?;
     m.add_function(wrap_pyfunction!(read_var_inside, m)?)?;
     m.add_function(wrap_pyfunction!(stats, m)?)?;
+    m.add_function(wrap_pyfunction!(ready_on, m)?)?;
+    m.add_function(wrap_pyfunction!(into_future_no_context_now, m)?)?;
+    m.add_function(wrap_pyfunction!(await_py_no_context, m)?)?;
+    m.add_function(wrap_pyfunction!(counted_sleep, m)?)?;
+    m.add_function(wrap_pyfunction!(rust_drops, m)?)?;
     Ok(())
 }
