@@ -1,0 +1,170 @@
+"""Shared harness for the bridge's pytest suite.
+
+Every async test takes the ``run`` fixture and is run twice, once on the default asyncio loop
+and once on uvloop (``loop_kind``). ``run(coro_fn)`` gives each test a fresh loop in debug mode
+and fails the test when anything goes wrong *around* it, not only inside it:
+
+* every call of the loop's exception handler ("Task was destroyed but it is pending",
+  "Future exception was never retrieved", an ``InvalidStateError`` raised in a callback, ...);
+* every unraisable exception (``sys.unraisablehook``: errors in ``__del__``, warnings turned
+  into errors inside finalizers, the bridge's own ``write_unraisable`` reports);
+* a coroutine that neither finishes nor fails within ``timeout`` (the suite never hangs).
+
+Works on CPython 3.9+: loops are made with their constructors and driven with
+``run_until_complete`` (no ``asyncio.run(loop_factory=...)``, which is 3.12+).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import sys
+import re
+import traceback
+
+import pytest
+
+# Required, not optional: a missing uvloop must fail the run, not skip half of it.
+import uvloop
+
+import bridge_pytests  # noqa: F401 - a missing extension fails the run at collection
+
+LOOP_KINDS = ("asyncio", "uvloop")
+
+#: The whole suite also runs with ``PYO3_ASYNC_BRIDGE_WAKEUP=threadsafe`` (see the Makefile).
+THREADSAFE_WAKEUP = os.environ.get("PYO3_ASYNC_BRIDGE_WAKEUP") == "threadsafe"
+
+#: Upper bound for one test coroutine; far above what any test needs.
+DEFAULT_TIMEOUT = 30.0
+
+
+def new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """A fresh, not yet running event loop of ``kind``."""
+    if kind == "asyncio":
+        # The default loop on Unix, made explicitly so that no installed policy changes it.
+        return asyncio.SelectorEventLoop()
+    if kind == "uvloop":
+        return uvloop.new_event_loop()
+    raise ValueError(f"unknown loop kind {kind!r}")
+
+
+def _describe_handler_call(context: dict) -> str:
+    parts = [str(context.get("message", "<no message>"))]
+    for key, value in context.items():
+        if key in ("message", "exception", "source_traceback", "handle_traceback"):
+            continue
+        parts.append(f"  {key}: {value!r}")
+    exc = context.get("exception")
+    if exc is not None:
+        parts.append(
+            "  exception: "
+            + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+        )
+    return "\n".join(parts)
+
+
+def _describe_unraisable(u) -> str:
+    head = f"{u.err_msg or 'Exception ignored in'}: {u.object!r}"
+    body = "".join(traceback.format_exception(u.exc_type, u.exc_value, u.exc_traceback))
+    return f"{head}\n{body}".rstrip()
+
+
+def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> list[str]:
+    """Cancels the tasks a test left behind and lets them finish; returns the non-cancel
+    errors they ended with."""
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in pending:
+        task.cancel()
+    if not pending:
+        return []
+    outcomes = loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    return [
+        f"leftover task {task!r} ended with {outcome!r}"
+        for task, outcome in zip(pending, outcomes)
+        if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError)
+    ]
+
+
+class Runner:
+    """``run(coro_fn, *args)``: runs ``coro_fn(*args)`` to completion on a fresh loop of
+    ``kind`` and returns its result (see the module docs for what fails the test)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def new_loop(self) -> asyncio.AbstractEventLoop:
+        return new_loop(self.kind)
+
+    def __call__(self, coro_fn, *args, loop=None, timeout: float = DEFAULT_TIMEOUT):
+        if loop is None:
+            loop = self.new_loop()
+        handler_calls: list[str] = []
+        unraisable: list = []
+        prev_hook = sys.unraisablehook
+        sys.unraisablehook = unraisable.append
+        failed = True
+        try:
+            try:
+                loop.set_debug(True)
+                loop.set_exception_handler(
+                    lambda _loop, context: handler_calls.append(_describe_handler_call(context))
+                )
+                result = loop.run_until_complete(asyncio.wait_for(coro_fn(*args), timeout))
+                failed = False
+            finally:
+                try:
+                    handler_calls.extend(_cancel_leftovers(loop))
+                    loop.run_until_complete(loop.shutdown_asyncgens())
+                finally:
+                    loop.close()
+                    del loop
+                    # Futures and tasks the test dropped report from their finalizers.
+                    gc.collect()
+        finally:
+            sys.unraisablehook = prev_hook
+            problems = handler_calls + [_describe_unraisable(u) for u in unraisable]
+            if problems and failed:
+                # Keep the test's own error; let pytest report the unraisables as well.
+                for u in unraisable:
+                    prev_hook(u)
+        if problems:
+            pytest.fail(
+                f"{len(problems)} problem(s) reported outside the test's own control flow "
+                f"({self.kind} loop):\n\n" + "\n\n".join(problems),
+                pytrace=False,
+            )
+        return result
+
+
+@pytest.fixture(params=LOOP_KINDS)
+def loop_kind(request) -> str:
+    """Every async test runs on both the default asyncio loop and uvloop."""
+    return request.param
+
+
+@pytest.fixture
+def run(loop_kind: str) -> Runner:
+    """``run(coro_fn, *args)``: see :class:`Runner`."""
+    return Runner(loop_kind)
+
+
+# A skip must be tied to a Python version (its reason names one, e.g. "3.11+"): any other skip
+# would pass a suite off as green without running it, so it fails the session.
+_VERSION_IN_REASON = re.compile(r"\b3\.\d+")
+_untied_skips: list[str] = []
+
+
+def pytest_runtest_logreport(report) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if not _VERSION_IN_REASON.search(str(reason)):
+            _untied_skips.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if _untied_skips:
+        print("\nskips not tied to a Python version (they fail the run):")
+        for line in _untied_skips:
+            print(f"  {line}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
