@@ -184,13 +184,21 @@ fn create_task<'py>(
     };
     match run(&ctx) {
         // `ctx` is entered right now (a synchronous call inside the same crossing): run in a
-        // copy instead, which is what the task would see anyway.
-        Err(e) if e.is_instance_of::<PyRuntimeError>(py) && !ctx.is_none() => {
+        // copy instead, which is what the task would see anyway. Any other error stands.
+        Err(e) if !ctx.is_none() && is_context_entered_error(py, &e) => {
             let copy = ctx.call_method0(intern!(py, "copy"))?;
             run(&copy)
         }
         other => other,
     }
+}
+
+/// `Context.run` on a context that is already entered raises this `RuntimeError`.
+fn is_context_entered_error(py: Python<'_>, e: &PyErr) -> bool {
+    e.is_instance_of::<PyRuntimeError>(py)
+        && e.value(py)
+            .str()
+            .is_ok_and(|m| m.to_string_lossy().contains("already entered"))
 }
 
 /// Done callback of the task a [`PyFuture`] awaits. Loop thread.

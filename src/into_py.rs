@@ -107,13 +107,13 @@ where
     T: for<'py> IntoPyObject<'py> + Send + 'static,
 {
     let (weak, _locals) = target;
+    if matches!(outcome, Outcome::Cancelled) {
+        return; // The token fired: Python cancelled the future or dropped it.
+    }
     let Some(fut) = weak.bind(py).upgrade() else {
         return; // Collected unawaited: its guard already fired the token.
     };
-    match fut
-        .call_method0(intern!(py, "done"))
-        .and_then(|d| d.is_truthy())
-    {
+    match is_done(&fut) {
         Ok(false) => {}
         // Done already (cancelled by Python): C7, never set a result twice.
         Ok(true) => return,
@@ -126,13 +126,32 @@ where
         Outcome::Abandoned => Err(BridgeError::Abandoned.into()),
         Outcome::Cancelled => return,
     };
-    let set = match result {
+    if let Err(e) = set_outcome(&fut, result) {
+        // asyncio refused it (e.g. `set_exception(StopIteration())` is a TypeError before 3.12).
+        // The future must still end (C7): fail it with a RuntimeError caused by the refusal.
+        let fallback = pyo3::exceptions::PyRuntimeError::new_err(
+            "the Rust future's outcome could not be set on its asyncio future",
+        );
+        fallback.set_cause(py, Some(e));
+        if !is_done(&fut).unwrap_or(true) {
+            if let Err(e) = set_outcome(&fut, Err(fallback)) {
+                e.write_unraisable(py, Some(&fut));
+            }
+        }
+    }
+}
+
+fn is_done(fut: &Bound<'_, PyAny>) -> PyResult<bool> {
+    fut.call_method0(intern!(fut.py(), "done"))?.is_truthy()
+}
+
+fn set_outcome(fut: &Bound<'_, PyAny>, result: PyResult<Py<PyAny>>) -> PyResult<()> {
+    let py = fut.py();
+    match result {
         Ok(v) => fut.call_method1(intern!(py, "set_result"), (v,)),
         Err(e) => fut.call_method1(intern!(py, "set_exception"), (e.into_value(py),)),
-    };
-    if let Err(e) = set {
-        e.write_unraisable(py, Some(&fut));
     }
+    .map(drop)
 }
 
 /// Converts a result on the loop thread. `()` becomes `None` (PyO3 would give `()`), and a

@@ -65,8 +65,15 @@ struct Pending {
 enum Wake {
     /// One byte into a socket whose other end is registered with `loop.add_reader`. Needs no
     /// interpreter at all, so any thread may do it.
+    ///
+    /// The second stream is a clone of the reading end, kept open for as long as the queue
+    /// lives: a write never meets a closed peer (no `EPIPE`, no `SIGPIPE` in a host that does
+    /// not ignore it), even after the loop closed and dropped its reader.
     #[cfg(unix)]
-    Socket(std::os::unix::net::UnixStream),
+    Socket(
+        std::os::unix::net::UnixStream,
+        std::os::unix::net::UnixStream,
+    ),
     /// `loop.call_soon_threadsafe(drainer)`, made by the bridge's waker thread (never a runtime
     /// thread), once per batch.
     Threadsafe,
@@ -97,7 +104,7 @@ impl LoopQueue {
     fn wake(self: &Arc<Self>) {
         match &self.wake {
             #[cfg(unix)]
-            Wake::Socket(s) => {
+            Wake::Socket(s, _reader) => {
                 use std::io::Write;
                 // A full socket buffer (WouldBlock) already guarantees a pending wakeup.
                 let _ = (&*s).write(&[1]);
@@ -173,18 +180,40 @@ pub(crate) struct Drainer {
 
 #[pymethods]
 impl Drainer {
-    fn __call__(&self, py: Python<'_>) {
+    /// Loop thread.
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
         #[cfg(unix)]
         if let Some(r) = &self.reader {
             use std::io::Read;
             let mut buf = [0u8; 256];
             // Empty the socket first: a byte written after this point belongs to a job the
             // drain below may or may not take, and then wakes us once more (no lost wakeup).
-            while matches!((&*r).read(&mut buf), Ok(n) if n > 0) {}
+            loop {
+                match (&*r).read(&mut buf) {
+                    Ok(0) => return self.unregister(py, r), // the queue is gone
+                    Ok(_) => {}
+                    Err(_) => break, // WouldBlock: empty
+                }
+            }
         }
         if let Some(q) = self.queue.upgrade() {
             q.drain(py);
         }
+        Ok(())
+    }
+}
+
+impl Drainer {
+    /// Loop thread: the writing end closed (its queue was dropped, e.g. it lost a registration
+    /// race), so the reader would be readable forever: take it off the loop.
+    #[cfg(unix)]
+    fn unregister(&self, py: Python<'_>, r: &std::os::unix::net::UnixStream) -> PyResult<()> {
+        use std::os::fd::AsRawFd;
+        let running = crate::py::running_loop_or_none(py)?;
+        if !running.is_none() {
+            running.call_method1(intern!(py, "remove_reader"), (r.as_raw_fd(),))?;
+        }
+        Ok(())
     }
 }
 
@@ -337,7 +366,12 @@ fn register_socket(event_loop: &Bound<'_, PyAny>) -> PyResult<Option<Arc<LoopQue
             jobs: Vec::new(),
             armed: false,
         }),
-        wake: Wake::Socket(writer),
+        wake: Wake::Socket(
+            writer,
+            reader
+                .try_clone()
+                .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("socket: {e}")))?,
+        ),
         threadsafe: OnceLock::new(),
     });
     let drainer = Bound::new(
@@ -348,7 +382,11 @@ fn register_socket(event_loop: &Bound<'_, PyAny>) -> PyResult<Option<Arc<LoopQue
         },
     )?;
     let running = crate::py::running_loop_or_none(py)?;
-    let add_reader = event_loop.getattr(intern!(py, "add_reader"))?;
+    let add_reader = match event_loop.getattr(intern!(py, "add_reader")) {
+        Ok(a) => a,
+        Err(e) if e.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) => return Ok(None),
+        Err(e) => return Err(e),
+    };
     // The reader's handle keeps the context current at registration, and every drain runs in
     // it: register from a fresh, empty context so no caller's values leak into later crossings
     // (C8).
@@ -369,6 +407,7 @@ fn register_socket(event_loop: &Bound<'_, PyAny>) -> PyResult<Option<Arc<LoopQue
     };
     match outcome {
         Ok(_) => Ok(Some(queue)),
+        // `add_reader` is not implemented (Windows' proactor loop): fall back.
         Err(e) if e.is_instance_of::<pyo3::exceptions::PyNotImplementedError>(py) => Ok(None),
         Err(e) => Err(e),
     }

@@ -551,3 +551,14 @@ def test_c7_unreferenced_future_is_collected_and_its_rust_work_dropped(run):
         return b.rust_drops() - before
 
     assert run(main) == 1
+
+
+def test_c7_outcome_asyncio_refuses_still_ends_the_future(run):
+    # Before 3.12 `Future.set_exception(StopIteration())` raises TypeError; the bridge must
+    # still end the future (with a RuntimeError), never leave the awaiter hanging.
+    async def main():
+        with pytest.raises(RuntimeError):
+            await asyncio.wait_for(b.raise_(StopIteration(1)), 10)
+        return await b.add_one(1)
+
+    assert run(main) == 2

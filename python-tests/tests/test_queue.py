@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 
+import pytest
 import uvloop
 
 import bridge_pytests as b
@@ -296,3 +297,58 @@ def test_queue_threadsafe_wakeup_in_flight_at_exit_does_not_abort(tmp_path, loop
     assert "result 2" in proc.stdout, proc.stdout + proc.stderr
     assert proc.returncode == 0, proc.stderr
     assert "Fatal Python error" not in proc.stderr
+
+
+def _readers_at_eof(loop) -> int:
+    """How many readers registered with this selector loop see end-of-file (readable forever)."""
+    import socket
+
+    count = 0
+    for key in list(loop._selector.get_map().values()):
+        try:
+            s = socket.socket(fileno=os.dup(key.fd))
+        except OSError:
+            continue
+        try:
+            if s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                count += 1
+        except (BlockingIOError, OSError):
+            pass
+        finally:
+            s.close()
+    return count
+
+
+def test_queue_racing_registrations_leave_no_reader_spinning():
+    # Two threads register the same loop at once: the losing queue is dropped, its writer
+    # closes, and its reader must come off the loop instead of spinning at end-of-file.
+    prev = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        spinning = 0
+        for _ in range(60):
+            loop = asyncio.SelectorEventLoop()
+            go = threading.Event()
+
+            def other():
+                go.wait()
+                try:
+                    b.ready_on(loop, 1)
+                except RuntimeError:
+                    pass
+
+            t = threading.Thread(target=other)
+            t.start()
+
+            async def main():
+                go.set()
+                return await b.ready(2)
+
+            assert loop.run_until_complete(main()) == 2
+            t.join()
+            loop.run_until_complete(asyncio.sleep(0.01))
+            spinning += _readers_at_eof(loop)
+            loop.close()
+        assert spinning == 0
+    finally:
+        sys.setswitchinterval(prev)
