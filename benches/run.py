@@ -316,14 +316,25 @@ def locked_version(crate: str) -> str:
     return m.group(1) if m else "?"
 
 
-def loadavg() -> str:
+def cpu_idle(seconds: float = 3.0) -> float | None:
+    """Percentage of CPU time the whole machine spent idle over `seconds` (Linux), measured
+    before the run: unlike the load average, not inflated by an earlier run's threads."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return fields[3] + fields[4], sum(fields[:8])  # idle + iowait, total
+
     try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "unknown"
+        idle0, total0 = sample()
+        time.sleep(seconds)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 100.0 * (idle1 - idle0) / max(total1 - total0, 1)
 
 
-def machine(args: argparse.Namespace, loop_name: str, load_before: str) -> str:
+def machine(args: argparse.Namespace, loop_name: str, idle: float | None) -> str:
+    idle_text = "unknown" if idle is None else f"{idle:.0f}%"
     return "\n".join(
         [
             f"- date: {datetime.date.today().isoformat()}",
@@ -338,9 +349,8 @@ def machine(args: argparse.Namespace, loop_name: str, load_before: str) -> str:
             f"{locked_version('pyo3-async-runtimes')}, tokio {locked_version('tokio')}",
             f"- {args.reps} repetitions per implementation and scenario, interleaved "
             "(rotating order); figures are medians",
-            f"- load average (1, 5, 15 min) at the start: {load_before} (other work on the "
-            f"machine shares its cores; during the run, the blocking-pool threads of {PAR} "
-            "raise it)",
+            f"- CPU idle over the 3 s before the run: {idle_text} (other work on the machine "
+            "shares its cores)",
             f"- command: `{' '.join(['python', 'benches/run.py', *sys.argv[1:]])}`",
         ]
     )
@@ -395,10 +405,11 @@ def main() -> int:
         bb.ours_init_runtime(args.ours_workers)
         loop_name += f"; {OURS} runtime: {args.ours_workers} worker thread(s) (experiment)"
 
-    load_before = loadavg()
-    if os.getloadavg()[0] > 1.0:
+    idle = cpu_idle()
+    if idle is not None and idle < 80:
         print(
-            f"warning: load average {load_before}: other work shares the cores, expect noise",
+            f"warning: the CPUs were only {idle:.0f}% idle before the run: other work shares "
+            "them, expect noise",
             file=sys.stderr,
         )
     start = time.perf_counter()
@@ -408,7 +419,7 @@ def main() -> int:
 
     report = "\n\n".join(
         [
-            "### Machine and run\n\n" + machine(args, loop_name, load_before),
+            "### Machine and run\n\n" + machine(args, loop_name, idle),
             "### Summary (median µs per operation; lower is better)\n\n" + summary(scs),
             "### Details\n\nRatios are median time over the reference's median time "
             "(below 1.00× is faster).",
@@ -424,4 +435,11 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter finalization: a pyo3-async-runtimes blocking-pool thread still inside
+    # `call_soon_threadsafe` when finalization starts makes CPython end that thread with
+    # `pthread_exit` through Rust frames, which aborts the process (seen in about 1 run in 40 of
+    # a short script). The results are written by now; nothing is lost.
+    os._exit(code)
