@@ -17,7 +17,7 @@
 //! # Threads
 //! Tokio worker threads never attach to the interpreter inside the bridge. Every touch of an
 //! asyncio object happens on the loop thread, reached through one per-loop delivery queue
-//! ([`queue`](crate) internals) that wakes the loop once per batch.
+//! (see `ARCHITECTURE.md`) that wakes the loop once per batch.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod attach;
