@@ -62,3 +62,11 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         "Rust future panicked with a non-string payload".to_owned()
     }
 }
+
+/// `repr(obj)` for error messages, with a fallback when `repr` itself fails.
+pub(crate) fn describe(obj: &pyo3::Bound<'_, pyo3::PyAny>) -> String {
+    use pyo3::types::PyAnyMethods;
+    obj.repr()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|_| format!("<{} object>", obj.get_type()))
+}

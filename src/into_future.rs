@@ -4,9 +4,10 @@
 //! crossing's context. The task's done callback sends the outcome through a oneshot channel;
 //! the runtime side only ever polls the receiver, so it needs no interpreter.
 
+use crate::err::describe;
 use crate::err::BridgeError;
 use crate::locals::TaskLocals;
-use crate::queue::{describe, LoopQueue};
+use crate::queue::LoopQueue;
 use futures::channel::oneshot;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
@@ -39,11 +40,18 @@ struct Link {
 }
 
 impl Link {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Py<PyAny>>> {
+        self.task.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Loop thread: holds the task just started.
+    fn hold(&self, task: Py<PyAny>) {
+        *self.slot() = Some(task);
+    }
+
+    /// Any thread: lets go of the task (to be released attached, see `PyFuture::drop`).
     fn take(&self) -> Option<Py<PyAny>> {
-        self.task
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
+        self.slot().take()
     }
 }
 
@@ -95,7 +103,10 @@ pub fn into_future_with_locals(
     awaitable: Bound<'_, PyAny>,
 ) -> PyResult<PyFuture> {
     let py = awaitable.py();
-    check_awaitable(&awaitable)?;
+    let is_coro = is_coroutine(&awaitable);
+    if !is_coro {
+        check_awaitable(&awaitable)?;
+    }
     let queue = Arc::clone(locals.queue(py)?);
     let (tx, rx) = oneshot::channel();
     let link = Arc::new(Link::default());
@@ -105,21 +116,22 @@ pub fn into_future_with_locals(
     };
     let running = crate::py::running_loop_or_none(py)?;
     if running.is(locals.event_loop(py)) {
-        start(locals, awaitable, completer);
+        start(locals, awaitable, is_coro, completer);
     } else {
         let locals = locals.clone();
         let awaitable = awaitable.unbind();
         queue.push(Box::new(move |py| {
-            start(&locals, awaitable.into_bound(py), completer)
+            start(&locals, awaitable.into_bound(py), is_coro, completer)
         }));
     }
     Ok(PyFuture { rx, link, queue })
 }
 
+/// For objects that are not coroutines: futures, tasks, `__await__` and generator-based
+/// coroutines pass.
 fn check_awaitable(obj: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = obj.py();
-    if is_coroutine(obj)
-        || obj.hasattr(intern!(py, "__await__"))?
+    if obj.hasattr(intern!(py, "__await__"))?
         || crate::py::isawaitable(py)?.call1((obj,))?.is_truthy()?
     {
         Ok(())
@@ -134,15 +146,16 @@ fn is_coroutine(obj: &Bound<'_, PyAny>) -> bool {
 
 /// Loop thread: creates the task, holds it in the link and hooks its completion to the
 /// completer.
-fn start(locals: &TaskLocals, awaitable: Bound<'_, PyAny>, mut completer: Completer) {
+fn start(
+    locals: &TaskLocals,
+    awaitable: Bound<'_, PyAny>,
+    is_coro: bool,
+    mut completer: Completer,
+) {
     let py = awaitable.py();
-    match create_task(locals, awaitable.clone()) {
+    match create_task(locals, awaitable.clone(), is_coro) {
         Ok(task) => {
-            *completer
-                .link
-                .task
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(task.clone().unbind());
+            completer.link.hold(task.clone().unbind());
             if let Err(e) = task.call_method1(intern!(py, "add_done_callback"), (completer,)) {
                 // The completer is dropped with its sender: the receiver reports
                 // AwaitableDropped rather than hanging.
@@ -151,7 +164,7 @@ fn start(locals: &TaskLocals, awaitable: Bound<'_, PyAny>, mut completer: Comple
         }
         Err(e) => {
             // A coroutine that never became a task is closed, never left un-awaited.
-            if is_coroutine(&awaitable) {
+            if is_coro {
                 let _ = awaitable.call_method0(intern!(py, "close"));
             }
             completer.send(Err(e));
@@ -163,11 +176,11 @@ fn start(locals: &TaskLocals, awaitable: Bound<'_, PyAny>, mut completer: Comple
 fn create_task<'py>(
     locals: &TaskLocals,
     awaitable: Bound<'py, PyAny>,
+    is_coro: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = awaitable.py();
     let event_loop = locals.event_loop(py);
     let ctx = locals.context(py);
-    let is_coro = is_coroutine(&awaitable);
     // `start` runs on the loop thread while the loop runs, so `ensure_future` (for futures
     // and other awaitables) picks this very loop.
     let starter = if is_coro {

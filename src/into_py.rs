@@ -17,7 +17,6 @@ use pyo3::prelude::*;
 use pyo3::types::{PyWeakrefMethods, PyWeakrefReference};
 use std::any::TypeId;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -56,7 +55,6 @@ pub(crate) fn new_crossing<'py>(
     let token = CancellationToken::new();
     let guard = CrossingGuard {
         token: token.clone(),
-        finished: AtomicBool::new(false),
     };
     py_fut.call_method1(intern!(py, "add_done_callback"), (guard,))?;
     let target = PyWeakrefReference::new(&py_fut)?.unbind();
@@ -176,34 +174,26 @@ where
     })
 }
 
-/// Done callback of a crossing's future: fires the token when Python cancels the future, or
-/// when the future is dropped before it was ever done (collected unawaited).
+/// Done callback of a crossing's future: fires the token once the future is done, whatever
+/// ended it, or when the future is dropped before it was ever done (collected unawaited). After
+/// a delivered result the Rust future has already finished, so firing it then costs nothing;
+/// no Python call is needed to tell the cases apart.
 #[pyclass(frozen, module = "pyo3_async_bridge")]
 struct CrossingGuard {
     token: CancellationToken,
-    finished: AtomicBool,
 }
 
 #[pymethods]
 impl CrossingGuard {
     /// Loop thread, scheduled by the future when it is done.
-    fn __call__(&self, fut: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.finished.store(true, Ordering::Relaxed);
-        if fut
-            .call_method0(intern!(fut.py(), "cancelled"))?
-            .is_truthy()?
-        {
-            self.token.cancel();
-        }
-        Ok(())
+    fn __call__(&self, _fut: &Bound<'_, PyAny>) {
+        self.token.cancel();
     }
 }
 
 impl Drop for CrossingGuard {
     fn drop(&mut self) {
-        if !*self.finished.get_mut() {
-            self.token.cancel();
-        }
+        self.token.cancel();
     }
 }
 

@@ -29,6 +29,7 @@ mod into_py;
 mod locals;
 mod py;
 mod queue;
+mod registry;
 #[cfg(feature = "tokio-runtime")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio-runtime")))]
 pub mod tokio;

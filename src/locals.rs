@@ -1,7 +1,8 @@
 //! [`TaskLocals`]: the event loop and `contextvars.Context` a crossing carries (rules C1, C8).
 
 use crate::ffi::thread_is_attached;
-use crate::queue::{queue_for, LoopQueue};
+use crate::queue::LoopQueue;
+use crate::registry::queue_for;
 use crate::BridgeError;
 use pyo3::prelude::*;
 use std::sync::Arc;
@@ -95,7 +96,7 @@ impl TaskLocals {
     /// The loop's delivery queue, or the reason this loop cannot carry crossings.
     pub(crate) fn queue(&self, py: Python<'_>) -> PyResult<&Arc<LoopQueue>> {
         self.0.queue.as_ref().ok_or_else(|| {
-            BridgeError::NotALoop(crate::queue::describe(self.event_loop(py).as_any())).into()
+            BridgeError::NotALoop(crate::err::describe(self.event_loop(py).as_any())).into()
         })
     }
 }

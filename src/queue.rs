@@ -21,7 +21,6 @@ use crate::exit::{attach_unless_exiting, register_atexit_hook};
 use crate::ffi::thread_is_attached;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyWeakrefMethods, PyWeakrefReference};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock, PoisonError};
 
@@ -248,181 +247,59 @@ fn waker_thread() -> &'static mpsc::Sender<Arc<LoopQueue>> {
     })
 }
 
-/// Registry entry: a loop (held weakly) and its queue.
-struct Entry {
-    loop_ref: Py<PyWeakrefReference>,
-    queue: Arc<LoopQueue>,
-}
-
-static REGISTRY: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
-
-/// The queue of `event_loop`, created and registered with the loop on first use. Attached, any
-/// thread; registration with the loop itself happens on the loop thread.
-///
-/// # Deadlock safety
-/// The registry lock is never held while Python code may run (registration calls into the
-/// loop, which may release the GIL to another thread that then waits for this lock). Only weak
-/// reference look-ups, which run no Python code, happen under it.
-pub(crate) fn queue_for(event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<LoopQueue>> {
-    if let Some(q) = lookup(event_loop) {
-        return Ok(q);
-    }
-    let queue = register(event_loop)?;
-    let loop_ref = PyWeakrefReference::new(event_loop)?.unbind();
-    let py = event_loop.py();
-    let mut reg = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
-    // Another thread may have registered the same loop meanwhile; the first entry wins and this
-    // queue is dropped (its reader stays registered but is never written to).
-    if let Some(q) = find(&reg, event_loop) {
-        return Ok(q);
-    }
-    // Forget loops that were collected. Their entries are released after the lock is dropped.
-    let (live, dead): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut *reg)
-        .into_iter()
-        .partition(|e| e.loop_ref.bind(py).upgrade().is_some());
-    *reg = live;
-    reg.push(Entry {
-        loop_ref,
-        queue: Arc::clone(&queue),
-    });
-    drop(reg);
-    drop(dead);
-    Ok(queue)
-}
-
-fn lookup(event_loop: &Bound<'_, PyAny>) -> Option<Arc<LoopQueue>> {
-    find(
-        &REGISTRY.lock().unwrap_or_else(PoisonError::into_inner),
-        event_loop,
-    )
-}
-
-/// Weak reference look-ups only: runs no Python code (see "Deadlock safety").
-fn find(reg: &[Entry], event_loop: &Bound<'_, PyAny>) -> Option<Arc<LoopQueue>> {
-    let py = event_loop.py();
-    reg.iter()
-        .find(|e| {
-            e.loop_ref
-                .bind(py)
-                .upgrade()
-                .is_some_and(|l| l.is(event_loop))
+impl LoopQueue {
+    fn new(wake: Wake) -> Arc<Self> {
+        Arc::new(LoopQueue {
+            pending: Mutex::new(Pending {
+                jobs: Vec::new(),
+                armed: false,
+            }),
+            wake,
+            threadsafe: OnceLock::new(),
         })
-        .map(|e| Arc::clone(&e.queue))
-}
-
-fn register(event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<LoopQueue>> {
-    let py = event_loop.py();
-    let not_a_loop = || crate::BridgeError::NotALoop(describe(event_loop));
-    if !event_loop.hasattr(intern!(py, "call_soon_threadsafe"))? {
-        return Err(not_a_loop().into());
     }
-    let force_threadsafe = std::env::var(WAKEUP_ENV).is_ok_and(|v| v == "threadsafe");
+
+    /// A queue woken through a socketpair, with the drainer to register with `add_reader` on
+    /// the reading end's file descriptor. Attached.
     #[cfg(unix)]
-    if !force_threadsafe {
-        if let Some(q) = register_socket(event_loop)? {
-            return Ok(q);
-        }
+    pub(crate) fn with_socket(
+        py: Python<'_>,
+    ) -> PyResult<(Arc<Self>, Bound<'_, Drainer>, std::os::fd::RawFd)> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::net::UnixStream;
+        let os_err =
+            |e: std::io::Error| pyo3::exceptions::PyOSError::new_err(format!("socketpair: {e}"));
+        let (reader, writer) = UnixStream::pair().map_err(os_err)?;
+        reader.set_nonblocking(true).map_err(os_err)?;
+        writer.set_nonblocking(true).map_err(os_err)?;
+        let fd = reader.as_raw_fd();
+        let queue = Self::new(Wake::Socket(writer, reader.try_clone().map_err(os_err)?));
+        let drainer = Bound::new(
+            py,
+            Drainer {
+                queue: Arc::downgrade(&queue),
+                reader: Some(reader),
+            },
+        )?;
+        Ok((queue, drainer, fd))
     }
-    let _ = force_threadsafe;
-    let queue = Arc::new(LoopQueue {
-        pending: Mutex::new(Pending {
-            jobs: Vec::new(),
-            armed: false,
-        }),
-        wake: Wake::Threadsafe,
-        threadsafe: OnceLock::new(),
-    });
-    let drainer = Py::new(
-        py,
-        Drainer {
-            queue: Arc::downgrade(&queue),
-            #[cfg(unix)]
-            reader: None,
-        },
-    )?;
-    // The waker thread attaches; it must stop doing so when the interpreter exits.
-    register_atexit_hook(py)?;
-    let call_soon = event_loop.getattr(intern!(py, "call_soon_threadsafe"))?;
-    let _ = queue.threadsafe.set((call_soon.unbind(), drainer));
-    Ok(queue)
-}
 
-/// Registers a socket reader with the loop; `None` where the loop has no `add_reader`
-/// (Windows' proactor loop raises `NotImplementedError`).
-#[cfg(unix)]
-fn register_socket(event_loop: &Bound<'_, PyAny>) -> PyResult<Option<Arc<LoopQueue>>> {
-    use std::os::fd::AsRawFd;
-    let py = event_loop.py();
-    let (reader, writer) = std::os::unix::net::UnixStream::pair()
-        .and_then(|(r, w)| {
-            r.set_nonblocking(true)?;
-            w.set_nonblocking(true)?;
-            Ok((r, w))
-        })
-        .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("socketpair: {e}")))?;
-    let fd = reader.as_raw_fd();
-    let queue = Arc::new(LoopQueue {
-        pending: Mutex::new(Pending {
-            jobs: Vec::new(),
-            armed: false,
-        }),
-        wake: Wake::Socket(
-            writer,
-            reader
-                .try_clone()
-                .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("socket: {e}")))?,
-        ),
-        threadsafe: OnceLock::new(),
-    });
-    let drainer = Bound::new(
-        py,
-        Drainer {
-            queue: Arc::downgrade(&queue),
-            reader: Some(reader),
-        },
-    )?;
-    let running = crate::py::running_loop_or_none(py)?;
-    let add_reader = match event_loop.getattr(intern!(py, "add_reader")) {
-        Ok(a) => a,
-        Err(e) if e.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    // The reader's handle keeps the context current at registration, and every drain runs in
-    // it: register from a fresh, empty context so no caller's values leak into later crossings
-    // (C8).
-    let fresh = crate::py::context_type(py)?.call0()?;
-    let outcome = if running.is(event_loop) || !is_running(event_loop)? {
-        // This thread owns the loop (or nobody runs it): register now.
-        fresh.call_method1(intern!(py, "run"), (add_reader, fd, drainer))
-    } else {
-        // add_reader is not thread-safe: let the loop thread register. Bytes written before
-        // then wait in the socket and fire the reader as soon as it is registered.
-        let kwargs = pyo3::types::PyDict::new(py);
-        kwargs.set_item(intern!(py, "context"), fresh)?;
-        event_loop.call_method(
-            intern!(py, "call_soon_threadsafe"),
-            (add_reader, fd, drainer),
-            Some(&kwargs),
-        )
-    };
-    match outcome {
-        Ok(_) => Ok(Some(queue)),
-        // `add_reader` is not implemented (Windows' proactor loop): fall back.
-        Err(e) if e.is_instance_of::<pyo3::exceptions::PyNotImplementedError>(py) => Ok(None),
-        Err(e) => Err(e),
+    /// A queue woken by the waker thread through `event_loop.call_soon_threadsafe`. Attached.
+    pub(crate) fn with_threadsafe_wakeup(event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Self>> {
+        let py = event_loop.py();
+        let queue = Self::new(Wake::Threadsafe);
+        let drainer = Py::new(
+            py,
+            Drainer {
+                queue: Arc::downgrade(&queue),
+                #[cfg(unix)]
+                reader: None,
+            },
+        )?;
+        // The waker thread attaches; it must stop doing so when the interpreter exits.
+        register_atexit_hook(py)?;
+        let call_soon = event_loop.getattr(intern!(py, "call_soon_threadsafe"))?;
+        let _ = queue.threadsafe.set((call_soon.unbind(), drainer));
+        Ok(queue)
     }
-}
-
-#[cfg(unix)]
-fn is_running(event_loop: &Bound<'_, PyAny>) -> PyResult<bool> {
-    event_loop
-        .call_method0(intern!(event_loop.py(), "is_running"))?
-        .is_truthy()
-}
-
-/// `repr(obj)` for error messages, with a fallback when `repr` itself fails.
-pub(crate) fn describe(obj: &Bound<'_, PyAny>) -> String {
-    obj.repr()
-        .map(|r| r.to_string())
-        .unwrap_or_else(|_| format!("<{} object>", obj.get_type()))
 }
