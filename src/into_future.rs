@@ -1,20 +1,27 @@
-//! Rust awaits Python: [`PyFuture`] (rules C2, C7, C8, C9).
+//! Rust awaits Python: [`PyFuture`] (rules C2, C4, C5, C7, C8, C9).
 //!
 //! The awaitable becomes an asyncio task on its loop thread, started inside a copy of the
 //! crossing's context. The task's done callback sends the outcome through a oneshot channel;
 //! the runtime side only ever polls the receiver, so it needs no interpreter.
+//!
+//! The crossing's [`state`](crate::state) machine lives in the [`Link`] that the `PyFuture`
+//! and the loop thread share: the task starting, the task finishing, and the `PyFuture` being
+//! dropped or detached all go through it, so a drop cancels the task exactly when the task
+//! still runs, and a coroutine whose task never started is closed (C4).
 
+use crate::cancel::{is_cancellation, DROP_CANCEL_MESSAGE};
 use crate::err::describe;
 use crate::err::BridgeError;
 use crate::locals::TaskLocals;
 use crate::queue::LoopQueue;
+use crate::state::{self, Action, Event, Mode, Phase};
 use futures::channel::oneshot;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
 type Sender = oneshot::Sender<PyResult<Py<PyAny>>>;
@@ -22,36 +29,57 @@ type Sender = oneshot::Sender<PyResult<Py<PyAny>>>;
 /// A Python awaitable running as an asyncio task, awaited from Rust.
 ///
 /// The output is exactly `PyResult<Py<PyAny>>`, as in `pyo3-async-runtimes`.
-#[must_use = "futures do nothing unless polled"]
+///
+/// # Cancellation
+/// Dropping a `PyFuture` before it completes cancels the Python task on its loop with
+/// [`DROP_CANCEL_MESSAGE`](crate::DROP_CANCEL_MESSAGE): its `finally` and
+/// `except CancelledError` blocks run (C4). This covers `tokio::time::timeout`, the losers of
+/// `select!`, a cancelled outer crossing and a `PyFuture` that was never polled. A coroutine
+/// whose task has not started yet is closed instead. [`PyFuture::detach`] lets the task run on.
+///
+/// If the task is cancelled (or raises `CancelledError`), the `PyFuture` resolves to that
+/// error; [`is_cancellation`](crate::is_cancellation) tells it apart from other errors (C5).
+#[must_use = "dropping a PyFuture cancels its Python task; call `detach()` to let it run"]
 pub struct PyFuture {
     rx: oneshot::Receiver<PyResult<Py<PyAny>>>,
     link: Arc<Link>,
     queue: Arc<LoopQueue>,
 }
 
-/// The task a [`PyFuture`] awaits, shared by the `PyFuture` and the task's [`Completer`].
+/// The crossing a [`PyFuture`] awaits, shared by the `PyFuture` and the task's [`Completer`].
 ///
 /// asyncio holds tasks only weakly, so the bridge holds the running task strongly: from its
 /// start (loop thread) until it is done (the completer, loop thread) or the `PyFuture` is
 /// dropped (any thread; the reference then travels home through the queue).
-#[derive(Default)]
 struct Link {
-    task: Mutex<Option<Py<PyAny>>>,
+    inner: Mutex<Linked>,
+}
+
+struct Linked {
+    machine: state::Crossing,
+    task: Option<Py<PyAny>>,
 }
 
 impl Link {
-    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Py<PyAny>>> {
-        self.task.lock().unwrap_or_else(PoisonError::into_inner)
+    fn new() -> Self {
+        Link {
+            inner: Mutex::new(Linked {
+                machine: state::Crossing::new(Mode::Drop),
+                task: None,
+            }),
+        }
     }
 
-    /// Loop thread: holds the task just started.
-    fn hold(&self, task: Py<PyAny>) {
-        *self.slot() = Some(task);
+    fn lock(&self) -> MutexGuard<'_, Linked> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
 
-    /// Any thread: lets go of the task (to be released attached, see `PyFuture::drop`).
-    fn take(&self) -> Option<Py<PyAny>> {
-        self.slot().take()
+impl PyFuture {
+    /// Stops waiting and lets the Python task run to its end; its outcome is dropped on the loop
+    /// thread. Without this, dropping the `PyFuture` cancels the task (C4).
+    pub fn detach(self) {
+        let _ = self.link.lock().machine.on(Event::Detach);
     }
 }
 
@@ -68,16 +96,39 @@ impl Future for PyFuture {
 }
 
 impl Drop for PyFuture {
+    /// Any thread. The machine arbitrates with the loop thread's start and completion: `Stop`
+    /// means the task runs (or is being created) and must be cancelled. If `start` is creating
+    /// the task right now, the slot is still empty and `start` sees the ended phase and cancels
+    /// the task itself, so no cancellation is lost.
     fn drop(&mut self) {
         // After `close`, the loop thread's send either fails (and the value is dropped there,
         // attached) or has already succeeded, and `try_recv` hands us the value, which must go
         // home unless this thread is attached.
         self.rx.close();
         let value = self.rx.try_recv().ok().flatten();
-        let task = self.link.take();
-        if value.is_some() || task.is_some() {
-            self.queue.release((value, task));
+        let task = {
+            let mut linked = self.link.lock();
+            match linked.machine.on(Event::Cancel) {
+                Action::Stop => linked.task.take(),
+                _ => None,
+            }
+        };
+        if let Some(task) = task {
+            // Loop thread, through the queue: C4.
+            self.queue.push(Box::new(move |py| {
+                cancel_task(task.bind(py));
+                drop(value);
+            }));
+        } else if value.is_some() {
+            self.queue.release(value);
         }
+    }
+}
+
+/// Loop thread: `task.cancel(DROP_CANCEL_MESSAGE)` (C4).
+fn cancel_task(task: &Bound<'_, PyAny>) {
+    if let Err(e) = task.call_method1(intern!(task.py(), "cancel"), (DROP_CANCEL_MESSAGE,)) {
+        e.write_unraisable(task.py(), Some(task));
     }
 }
 
@@ -109,7 +160,7 @@ pub fn into_future_with_locals(
     }
     let queue = Arc::clone(locals.queue(py)?);
     let (tx, rx) = oneshot::channel();
-    let link = Arc::new(Link::default());
+    let link = Arc::new(Link::new());
     let completer = Completer {
         tx: Some(tx),
         link: Arc::clone(&link),
@@ -145,7 +196,7 @@ fn is_coroutine(obj: &Bound<'_, PyAny>) -> bool {
 }
 
 /// Loop thread: creates the task, holds it in the link and hooks its completion to the
-/// completer.
+/// completer. A `PyFuture` dropped before this runs means the awaitable never starts (C4).
 fn start(
     locals: &TaskLocals,
     awaitable: Bound<'_, PyAny>,
@@ -153,9 +204,23 @@ fn start(
     mut completer: Completer,
 ) {
     let py = awaitable.py();
+    if completer.link.lock().machine.on(Event::Start) != Action::Run {
+        return discard(&awaitable, is_coro);
+    }
     match create_task(locals, awaitable.clone(), is_coro) {
         Ok(task) => {
-            completer.link.hold(task.clone().unbind());
+            {
+                let mut linked = completer.link.lock();
+                match linked.machine.phase() {
+                    // Dropped while the task was being created: cancel it now (see
+                    // `PyFuture::drop`).
+                    Phase::Ended(state::End::Cancelled) => {
+                        drop(linked);
+                        cancel_task(&task);
+                    }
+                    _ => linked.task = Some(task.clone().unbind()),
+                }
+            }
             if let Err(e) = task.call_method1(intern!(py, "add_done_callback"), (completer,)) {
                 // The completer is dropped with its sender: the receiver reports
                 // AwaitableDropped rather than hanging.
@@ -167,8 +232,27 @@ fn start(
             if is_coro {
                 let _ = awaitable.call_method0(intern!(py, "close"));
             }
-            completer.send(Err(e));
+            completer.send(py, Err(e));
         }
+    }
+}
+
+/// Loop thread: an awaitable whose `PyFuture` was dropped before it started. A coroutine is
+/// closed (no "coroutine was never awaited"); a future or task is cancelled, as it would have
+/// been had it started (C4).
+fn discard(awaitable: &Bound<'_, PyAny>, is_coro: bool) {
+    let py = awaitable.py();
+    let result = if is_coro {
+        awaitable.call_method0(intern!(py, "close")).map(drop)
+    } else if awaitable.hasattr(intern!(py, "cancel")).unwrap_or(false) {
+        awaitable
+            .call_method1(intern!(py, "cancel"), (DROP_CANCEL_MESSAGE,))
+            .map(drop)
+    } else {
+        Ok(())
+    };
+    if let Err(e) = result {
+        e.write_unraisable(py, Some(awaitable));
     }
 }
 
@@ -222,12 +306,25 @@ struct Completer {
 }
 
 impl Completer {
-    /// Loop thread: hands the outcome to the `PyFuture` and lets go of the task.
-    fn send(&mut self, result: PyResult<Py<PyAny>>) {
-        drop(self.link.take());
-        if let Some(tx) = self.tx.take() {
-            // A failed send returns the value; it is dropped right here, attached.
-            let _ = tx.send(result);
+    /// Loop thread: lets go of the task and hands the outcome to the `PyFuture`, unless the
+    /// machine says nobody wants it (dropped or detached); then it is dropped right here,
+    /// attached (C7).
+    fn send(&mut self, py: Python<'_>, result: PyResult<Py<PyAny>>) {
+        let kind = match &result {
+            Ok(_) => state::Outcome::Value,
+            Err(e) if is_cancellation(py, e) => state::Outcome::Cancellation,
+            Err(_) => state::Outcome::Error,
+        };
+        let (action, task) = {
+            let mut linked = self.link.lock();
+            (linked.machine.on(Event::Finish(kind)), linked.task.take())
+        };
+        drop(task);
+        if matches!(action, Action::Deliver(_) | Action::EndCancelled) {
+            if let Some(tx) = self.tx.take() {
+                // A failed send returns the value; it is dropped right here, attached.
+                let _ = tx.send(result);
+            }
         }
     }
 }
@@ -235,9 +332,8 @@ impl Completer {
 #[pymethods]
 impl Completer {
     fn __call__(&mut self, task: &Bound<'_, PyAny>) {
-        let result = task
-            .call_method0(intern!(task.py(), "result"))
-            .map(Bound::unbind);
-        self.send(result);
+        let py = task.py();
+        let result = task.call_method0(intern!(py, "result")).map(Bound::unbind);
+        self.send(py, result);
     }
 }

@@ -1,34 +1,38 @@
-//! Python awaits Rust: a crossing from a Rust future to an `asyncio.Future` (rules C1, C2, C7).
+//! Python awaits Rust: a crossing from a Rust future to an `asyncio.Future` (rules C1–C7).
 //!
 //! The loop thread creates the future and spawns one runtime task. The task holds no Python
 //! reference that it could drop itself: the target future is reached through a weak reference
 //! inside a [`Delivery`], which always travels back to the loop thread, with the outcome or,
 //! if the task is dropped first, with [`Outcome::Abandoned`].
 //!
-//! The Python future holds the crossing's [`CrossingGuard`] as a done callback. Because the Rust
-//! side only holds the future weakly, a future nobody references any more is collected, its
-//! guard is dropped, and the crossing's token fires: no orphaned Rust work.
+//! Every event goes through the crossing's [`state`](crate::state) machine in its
+//! [`Shared`] cell: Python cancelling (the [`CrossingGuard`] done callback, or the cooperative
+//! future's `cancel`), the outcome arriving (`settle`), the grace timer (`drive`). Because the
+//! Rust side only holds the future weakly, a future nobody references any more is collected,
+//! its guard is dropped, and the crossing's token fires: no orphaned Rust work.
 
+use crate::cancel::{cancel_message, is_cancellation, CancelMode, Shared};
 use crate::err::{panic_message, BridgeError};
 use crate::locals::TaskLocals;
 use crate::queue::LoopQueue;
+use crate::state::{self, Action, Event, Phase};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyWeakrefMethods, PyWeakrefReference};
 use std::any::TypeId;
 use std::future::Future;
 use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
 
 /// How a crossing's Rust side ended.
 pub(crate) enum Outcome<T> {
     /// `Ok(value)`: converted on the loop thread.
     Value(T),
-    /// `Err(e)`: raised as the same exception object (C2).
+    /// `Err(e)`: raised as the same exception object (C2), or, for a `CancelledError`, ends the
+    /// future cancelled (C5).
     Error(PyErr),
     /// The future panicked; the message (C2).
     Panic(String),
-    /// The token fired and the future was dropped: the Python side is already done.
+    /// The token fired and the future was dropped (C3).
     Cancelled,
     /// The runtime dropped the task before it produced an outcome.
     Abandoned,
@@ -36,8 +40,8 @@ pub(crate) enum Outcome<T> {
 
 /// The Python half of a new crossing, created on the loop thread.
 pub(crate) struct Crossing {
-    /// Fires when Python cancels the future or drops it unfinished.
-    pub(crate) token: CancellationToken,
+    /// The crossing's machine and token (fires when Python cancels or drops the future).
+    pub(crate) shared: Arc<Shared>,
     /// Carries the outcome home.
     pub(crate) delivery: Delivery,
 }
@@ -47,30 +51,52 @@ pub(crate) struct Crossing {
 pub(crate) fn new_crossing<'py>(
     py: Python<'py>,
     locals: &TaskLocals,
+    mode: CancelMode,
 ) -> PyResult<(Bound<'py, PyAny>, Crossing)> {
     let queue = Arc::clone(locals.queue(py)?);
-    let py_fut = locals
-        .event_loop(py)
-        .call_method0(intern!(py, "create_future"))?;
-    let token = CancellationToken::new();
-    let guard = CrossingGuard {
-        token: token.clone(),
+    let shared = Arc::new(Shared::new(state::Crossing::running(mode.mode())));
+    let event_loop = locals.event_loop(py);
+    let py_fut = match mode {
+        CancelMode::Drop => {
+            let fut = event_loop.call_method0(intern!(py, "create_future"))?;
+            let guard = CrossingGuard {
+                shared: Arc::clone(&shared),
+            };
+            fut.call_method1(intern!(py, "add_done_callback"), (guard,))?;
+            fut
+        }
+        CancelMode::Cooperative { .. } => {
+            crate::cooperative::new_future(&event_loop, Arc::clone(&shared))?
+        }
     };
-    py_fut.call_method1(intern!(py, "add_done_callback"), (guard,))?;
     let target = PyWeakrefReference::new(&py_fut)?.unbind();
     let delivery = Delivery {
         queue,
-        target: Some((target, locals.clone())),
+        target: Some(Target {
+            weak: target,
+            shared: Arc::clone(&shared),
+            cooperative: !matches!(mode, CancelMode::Drop),
+            _locals: locals.clone(),
+        }),
     };
-    Ok((py_fut, Crossing { token, delivery }))
+    Ok((py_fut, Crossing { shared, delivery }))
+}
+
+/// What an outcome is delivered to.
+struct Target {
+    /// The future, held weakly (collected unawaited means cancelled).
+    weak: Py<PyWeakrefReference>,
+    shared: Arc<Shared>,
+    cooperative: bool,
+    /// Released on the loop thread with the rest.
+    _locals: TaskLocals,
 }
 
 /// Sends a crossing's outcome to the loop thread. Owned by the runtime task.
 pub(crate) struct Delivery {
     queue: Arc<LoopQueue>,
-    /// The weakly held target future and the crossing's locals (released on the loop thread).
     /// `Some` until the outcome is sent: by [`Delivery::send`] or, failing that, by `Drop`.
-    target: Option<(Py<PyWeakrefReference>, TaskLocals)>,
+    target: Option<Target>,
 }
 
 impl Delivery {
@@ -99,30 +125,59 @@ impl Drop for Delivery {
     }
 }
 
-/// Loop thread: sets the outcome on the future, unless it is gone or already done (C7).
-fn settle<T>(py: Python<'_>, target: (Py<PyWeakrefReference>, TaskLocals), outcome: Outcome<T>)
+/// Loop thread: the outcome arrived. The machine says whether to deliver it, end the future
+/// cancelled, or drop it (C3, C5, C7).
+fn settle<T>(py: Python<'_>, target: Target, outcome: Outcome<T>)
 where
     T: for<'py> IntoPyObject<'py> + Send + 'static,
 {
-    let (weak, _locals) = target;
-    if matches!(outcome, Outcome::Cancelled) {
-        return; // The token fired: Python cancelled the future or dropped it.
-    }
-    let Some(fut) = weak.bind(py).upgrade() else {
-        return; // Collected unawaited: its guard already fired the token.
+    let kind = match &outcome {
+        Outcome::Value(_) => state::Outcome::Value,
+        Outcome::Error(e) if is_cancellation(py, e) => state::Outcome::Cancellation,
+        Outcome::Error(_) | Outcome::Panic(_) => state::Outcome::Error,
+        Outcome::Cancelled => state::Outcome::Cancellation,
+        Outcome::Abandoned => state::Outcome::Abandoned,
     };
-    match is_done(&fut) {
-        Ok(false) => {}
-        // Done already (cancelled by Python): C7, never set a result twice.
-        Ok(true) => return,
-        Err(e) => return e.write_unraisable(py, Some(&fut)),
+    let shared = &target.shared;
+    let Some(fut) = target.weak.bind(py).upgrade() else {
+        // Collected unawaited: its guard already fed `Cancel`; this is dropped (C7).
+        let _ = shared.on(Event::Finish(kind));
+        return;
+    };
+    if !target.cooperative {
+        match is_done(&fut) {
+            Ok(false) => {}
+            // Python ended the future (cancelled it) and the guard's callback has not run yet:
+            // feed its `Cancel` now; the outcome is then dropped (C7, never set twice).
+            Ok(true) => observe_python_end(shared, &fut),
+            Err(e) => return e.write_unraisable(py, Some(&fut)),
+        }
     }
-    let result = match outcome {
-        Outcome::Value(v) => convert(py, v),
-        Outcome::Error(e) => Err(e),
-        Outcome::Panic(msg) => Err(BridgeError::Panic(msg).into()),
-        Outcome::Abandoned => Err(BridgeError::Abandoned.into()),
-        Outcome::Cancelled => return,
+    let result = match shared.on(Event::Finish(kind)) {
+        Action::Deliver(_) => match outcome {
+            Outcome::Value(v) => convert(py, v),
+            Outcome::Error(e) => Err(e),
+            Outcome::Panic(msg) => Err(BridgeError::Panic(msg).into()),
+            Outcome::Abandoned => Err(BridgeError::Abandoned.into()),
+            Outcome::Cancelled => return,
+        },
+        Action::EndCancelled => {
+            // C5: through the future's own cancel, never `set_exception(CancelledError)`.
+            let msg = match &outcome {
+                Outcome::Error(e) => cancel_message(py, e),
+                _ => shared.reason(),
+            };
+            let ended = if target.cooperative {
+                crate::cooperative::end_cancelled(&fut, msg)
+            } else {
+                fut.call_method1(intern!(py, "cancel"), (msg,)).map(drop)
+            };
+            if let Err(e) = ended {
+                e.write_unraisable(py, Some(&fut));
+            }
+            return;
+        }
+        _ => return,
     };
     if let Err(e) = set_outcome(&fut, result) {
         // asyncio refused it (e.g. `set_exception(StopIteration())` is a TypeError before 3.12).
@@ -137,6 +192,19 @@ where
             }
         }
     }
+}
+
+/// Loop thread: Python ended a default-mode crossing's future before the outcome arrived
+/// (`cancel(msg)`, usually): `Cancel` with its message, which fires the token (C3).
+fn observe_python_end(shared: &Shared, fut: &Bound<'_, PyAny>) {
+    if matches!(shared.phase(), Phase::Ended(_)) {
+        return; // Ended by the bridge itself: nothing to stop (invariant 6).
+    }
+    let reason = match fut.call_method0(intern!(fut.py(), "exception")) {
+        Err(e) => cancel_message(fut.py(), &e),
+        Ok(_) => None,
+    };
+    let _ = shared.cancel(reason);
 }
 
 fn is_done(fut: &Bound<'_, PyAny>) -> PyResult<bool> {
@@ -174,39 +242,55 @@ where
     })
 }
 
-/// Done callback of a crossing's future: fires the token once the future is done, whatever
-/// ended it, or when the future is dropped before it was ever done (collected unawaited). After
-/// a delivered result the Rust future has already finished, so firing it then costs nothing;
-/// no Python call is needed to tell the cases apart.
+/// Done callback of a default-mode crossing's future. When Python ended the future itself
+/// (cancelled it), or the future is dropped before it was ever done (collected unawaited), the
+/// crossing's token fires (C3). When the bridge ended it, nothing happens (invariant 6).
 #[pyclass(frozen, module = "pyo3_async_bridge")]
 struct CrossingGuard {
-    token: CancellationToken,
+    shared: Arc<Shared>,
 }
 
 #[pymethods]
 impl CrossingGuard {
     /// Loop thread, scheduled by the future when it is done.
-    fn __call__(&self, _fut: &Bound<'_, PyAny>) {
-        self.token.cancel();
+    fn __call__(&self, fut: &Bound<'_, PyAny>) {
+        observe_python_end(&self.shared, fut);
     }
 }
 
 impl Drop for CrossingGuard {
     fn drop(&mut self) {
-        self.token.cancel();
+        let _ = self.shared.cancel(None);
     }
 }
 
-/// Runs `fut` to its [`Outcome`]: panics caught, dropped promptly when `token` fires.
-pub(crate) async fn drive<F, T>(token: CancellationToken, fut: F) -> Outcome<T>
+/// Runs `fut` to its [`Outcome`], with panics caught (C2).
+///
+/// # Cancellation
+/// [`CancelMode::Drop`]: `fut` is dropped as soon as the token fires. Cooperative: `fut` runs
+/// on after the token fired, until it finishes or the grace period (if any) runs out (C3).
+/// Either way `fut` is dropped here, inside the caller's scope.
+pub(crate) async fn drive<F, T>(shared: Arc<Shared>, mode: CancelMode, fut: F) -> Outcome<T>
 where
     F: Future<Output = PyResult<T>>,
 {
     use futures::FutureExt;
     let guarded = std::panic::AssertUnwindSafe(fut).catch_unwind();
-    tokio::select! {
+    let stop = async {
+        shared.token().cancelled().await;
+        if let CancelMode::Cooperative { grace } = mode {
+            match grace {
+                Some(grace) => ::tokio::time::sleep(grace).await,
+                None => std::future::pending().await,
+            }
+            // Out of time: the future is dropped whatever the machine's phase (if the crossing
+            // ended meanwhile, nobody wants the outcome anyway).
+            let _ = shared.on(Event::GraceExpired);
+        }
+    };
+    ::tokio::select! {
         biased;
-        _ = token.cancelled() => Outcome::Cancelled,
+        () = stop => Outcome::Cancelled,
         r = guarded => match r {
             Ok(Ok(v)) => Outcome::Value(v),
             Ok(Err(e)) => Outcome::Error(e),

@@ -21,6 +21,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod attach;
+mod cancel;
+mod cooperative;
 pub mod err;
 mod exit;
 mod ffi;
@@ -30,10 +32,15 @@ mod locals;
 mod py;
 mod queue;
 mod registry;
+/// The crossing state machine, exported for the property tests (`proptests/`); not part of the
+/// stable API.
+#[doc(hidden)]
+pub mod state;
 #[cfg(feature = "tokio-runtime")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio-runtime")))]
 pub mod tokio;
 
+pub use cancel::{is_cancellation, CancelMode, IntoPyOptions, DROP_CANCEL_MESSAGE};
 pub use err::{BridgeError, RustPanic};
 pub use into_future::{into_future_with_locals, PyFuture};
 pub use locals::{get_running_loop, TaskLocals};

@@ -46,3 +46,7 @@ pub(crate) fn coroutine_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     static CELL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
     CELL.import(py, "types", "CoroutineType")
 }
+cached_attr!(
+    /// `asyncio.CancelledError` (C5).
+    cancelled_error, "asyncio", "CancelledError"
+);

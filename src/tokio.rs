@@ -3,17 +3,30 @@
 //! Mirrors `pyo3_async_runtimes::tokio`.
 
 use crate::attach::mark_runtime_thread;
+use crate::cancel::Shared;
 use crate::into_future::into_future_with_locals;
 use crate::into_py::{drive, new_crossing};
-use crate::{PyFuture, TaskLocals};
+use crate::{IntoPyOptions, PyFuture, TaskLocals};
 use pyo3::prelude::*;
 use std::future::Future;
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use tokio_util::sync::CancellationToken;
 
 pub use ::tokio::runtime::{Builder, Runtime};
 
+pub use ::tokio::task::JoinHandle;
+
 ::tokio::task_local! {
     static TASK_LOCALS: TaskLocals;
+    static CANCEL: CancelScope;
+}
+
+/// The cancellation side of the crossing a task runs in: its token (a child token in tasks
+/// made by [`spawn`]) and the crossing's cell, which holds the reason.
+#[derive(Clone)]
+struct CancelScope {
+    token: CancellationToken,
+    shared: Arc<Shared>,
 }
 
 static BUILDER: Mutex<Option<Builder>> = Mutex::new(None);
@@ -108,8 +121,8 @@ where
 /// Like [`future_into_py`] with explicit `locals`.
 ///
 /// # Cancellation
-/// Cancelling the returned future, or dropping every reference to it before it is done, drops
-/// the Rust future on a runtime thread, inside its scope.
+/// Cancelling the returned future, or dropping every reference to it before it is done, fires
+/// the crossing's token and drops the Rust future on a runtime thread, inside its scope (C3).
 ///
 /// # Errors
 /// `TypeError` when `locals` does not hold a usable event loop.
@@ -122,11 +135,136 @@ where
     F: Future<Output = PyResult<T>> + Send + 'static,
     T: for<'py> IntoPyObject<'py> + Send + 'static,
 {
-    let (py_fut, crossing) = new_crossing(py, &locals)?;
-    let task = scope(locals, drive(crossing.token, fut));
+    future_into_py_with_options(py, IntoPyOptions::new().locals(locals), fut)
+}
+
+/// Like [`future_into_py`], with [`IntoPyOptions`]: the locals and the [`CancelMode`].
+///
+/// Inside `fut`, [`cancellation_token`] is the crossing's token and [`cancellation_reason`]
+/// the message Python cancelled with.
+///
+/// # Examples
+/// Cooperative cancellation: the Rust future sees the token fire, cleans up, and Python's
+/// `CancelledError` (or `asyncio.timeout`'s `TimeoutError`) arrives only after that.
+/// ```
+/// use pyo3::prelude::*;
+/// use pyo3_async_bridge::{tokio, CancelMode, IntoPyOptions};
+///
+/// #[pyfunction]
+/// fn serve(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+///     let options = IntoPyOptions::new().cancel_mode(CancelMode::Cooperative { grace: None });
+///     tokio::future_into_py_with_options(py, options, async {
+///         let token = tokio::cancellation_token().expect("inside a crossing");
+///         token.cancelled().await;
+///         // ... flush, close connections ...
+///         Ok(())
+///     })
+/// }
+/// ```
+///
+/// # Cancellation
+/// See [`CancelMode`]: by default the Rust future is dropped when Python cancels; in
+/// cooperative mode it is told through the token and Python waits for it (C3).
+///
+/// # Errors
+/// `RuntimeError` when no locals are given and no loop runs in this thread (C9); `TypeError`
+/// when the locals do not hold a usable event loop.
+///
+/// [`CancelMode`]: crate::CancelMode
+pub fn future_into_py_with_options<F, T>(
+    py: Python<'_>,
+    options: IntoPyOptions,
+    fut: F,
+) -> PyResult<Bound<'_, PyAny>>
+where
+    F: Future<Output = PyResult<T>> + Send + 'static,
+    T: for<'py> IntoPyObject<'py> + Send + 'static,
+{
+    let locals = match options.locals {
+        Some(locals) => locals,
+        None => get_current_locals(py)?,
+    };
+    let (py_fut, crossing) = new_crossing(py, &locals, options.cancel)?;
+    let cancel = CancelScope {
+        token: crossing.shared.token().clone(),
+        shared: Arc::clone(&crossing.shared),
+    };
+    let task = scope(
+        locals,
+        CANCEL.scope(cancel, drive(crossing.shared, options.cancel, fut)),
+    );
     let delivery = crossing.delivery;
     get_runtime().spawn(async move { delivery.send(task.await) });
     Ok(py_fut)
+}
+
+/// The cancellation token of the crossing the current task runs in: it fires when Python
+/// cancels the future awaiting this task, or drops it unfinished (C3). In a task made by
+/// [`spawn`], a child token of it. `None` outside any crossing.
+///
+/// The token does not fire when the crossing completes: work spawned from it may outlive it.
+pub fn cancellation_token() -> Option<CancellationToken> {
+    CANCEL.try_with(|c| c.token.clone()).ok()
+}
+
+/// The message Python passed to `cancel(msg)` on the current crossing's future, once it has
+/// been cancelled with one. `None` before that, without a message, or outside any crossing.
+pub fn cancellation_reason() -> Option<String> {
+    CANCEL.try_with(|c| c.shared.reason()).ok().flatten()
+}
+
+/// Spawns `fut` on the bridge's runtime ([`get_runtime`]) carrying the current crossing: the
+/// same [`TaskLocals`] scope (C1) and a child of its cancellation token (C6).
+///
+/// The handle resolves to `None` when the crossing was cancelled before `fut` finished; `fut`
+/// is then dropped, inside the scope. A plain `tokio::spawn` carries neither the locals nor the
+/// token: its future sees no crossing and runs on when the crossing is cancelled.
+///
+/// Outside any crossing this is `get_runtime().spawn`, with the current locals if a [`scope`]
+/// is active.
+///
+/// # Examples
+/// ```
+/// use pyo3::prelude::*;
+///
+/// #[pyfunction]
+/// fn fan_out(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+///     pyo3_async_bridge::tokio::future_into_py(py, async {
+///         let a = pyo3_async_bridge::tokio::spawn(async { 1 });
+///         let b = pyo3_async_bridge::tokio::spawn(async { 2 });
+///         let sum = a.await.ok().flatten().unwrap_or(0) + b.await.ok().flatten().unwrap_or(0);
+///         Ok(sum)
+///     })
+/// }
+/// ```
+pub fn spawn<F>(fut: F) -> JoinHandle<Option<F::Output>>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let locals = TASK_LOCALS.try_with(TaskLocals::clone).ok();
+    let cancel = CANCEL
+        .try_with(|c| CancelScope {
+            token: c.token.child_token(),
+            shared: Arc::clone(&c.shared),
+        })
+        .ok();
+    let runtime = get_runtime();
+    match (locals, cancel) {
+        (Some(locals), Some(cancel)) => {
+            let token = cancel.token.clone();
+            runtime.spawn(scope(
+                locals,
+                CANCEL.scope(cancel, token.run_until_cancelled_owned(fut)),
+            ))
+        }
+        (None, Some(cancel)) => {
+            let token = cancel.token.clone();
+            runtime.spawn(CANCEL.scope(cancel, token.run_until_cancelled_owned(fut)))
+        }
+        (Some(locals), None) => runtime.spawn(scope(locals, async move { Some(fut.await) })),
+        (None, None) => runtime.spawn(async move { Some(fut.await) }),
+    }
 }
 
 /// Converts a Python awaitable into a Rust future, using [`get_current_locals`].

@@ -1,0 +1,165 @@
+//! Cancellation of a crossing (rules C3–C6): the shared cell that holds its [`state`] machine
+//! and token, the options a crossing is created with, and telling a cancellation apart from an
+//! ordinary error.
+//!
+//! [`state`]: crate::state
+
+use crate::state::{Action, Crossing, Event, Mode, Phase};
+use pyo3::prelude::*;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The message a Python task is cancelled with when the [`PyFuture`](crate::PyFuture) awaiting
+/// it is dropped before it completes (C4).
+pub const DROP_CANCEL_MESSAGE: &str =
+    "pyo3-async-bridge: the Rust future awaiting this task was dropped";
+
+/// What happens to the Rust future when Python cancels the future that awaits it (C3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CancelMode {
+    /// The crossing's token fires and the Rust future is dropped at once, on a runtime thread,
+    /// inside the crossing's scope. The Python future is cancelled immediately. The default, as
+    /// in `pyo3-async-runtimes`.
+    #[default]
+    Drop,
+    /// The crossing's token fires and the Rust future keeps running so that it can clean up;
+    /// the Python future stays pending until the Rust future finishes, then ends cancelled,
+    /// whatever it returned. With a `grace` period, the Rust future is dropped when it has not
+    /// finished that long after the token fired.
+    Cooperative {
+        /// How long the Rust future may take once the token fired; `None` waits for it.
+        grace: Option<Duration>,
+    },
+}
+
+impl CancelMode {
+    pub(crate) fn mode(self) -> Mode {
+        match self {
+            CancelMode::Drop => Mode::Drop,
+            CancelMode::Cooperative { .. } => Mode::Cooperative,
+        }
+    }
+}
+
+/// Options of a crossing where Python awaits Rust, for `tokio::future_into_py_with_options`.
+///
+/// # Examples
+/// ```
+/// use pyo3_async_bridge::{CancelMode, IntoPyOptions};
+/// use std::time::Duration;
+///
+/// let options = IntoPyOptions::new().cancel_mode(CancelMode::Cooperative {
+///     grace: Some(Duration::from_secs(5)),
+/// });
+/// # let _ = options;
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct IntoPyOptions {
+    pub(crate) locals: Option<crate::TaskLocals>,
+    pub(crate) cancel: CancelMode,
+}
+
+impl IntoPyOptions {
+    /// The defaults: the current locals and [`CancelMode::Drop`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Uses `locals` instead of the current locals.
+    pub fn locals(mut self, locals: crate::TaskLocals) -> Self {
+        self.locals = Some(locals);
+        self
+    }
+
+    /// Sets what happens when Python cancels.
+    pub fn cancel_mode(mut self, mode: CancelMode) -> Self {
+        self.cancel = mode;
+        self
+    }
+}
+
+/// One crossing's state machine and token, shared by whoever observes its events: the loop
+/// thread (Python cancels, an outcome arrives) and runtime threads (grace, `PyFuture` drop).
+///
+/// The lock is held only around a transition, never while Python code runs or the token fires.
+pub(crate) struct Shared {
+    machine: Mutex<Crossing>,
+    token: CancellationToken,
+}
+
+impl Shared {
+    pub(crate) fn new(machine: Crossing) -> Self {
+        Shared {
+            machine: Mutex::new(machine),
+            token: CancellationToken::new(),
+        }
+    }
+
+    fn machine(&self) -> MutexGuard<'_, Crossing> {
+        self.machine.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    pub(crate) fn phase(&self) -> Phase {
+        self.machine().phase()
+    }
+
+    /// Feeds `event` in and fires the token when the machine says to stop or signal.
+    pub(crate) fn on(&self, event: Event) -> Action {
+        let action = self.machine().on(event);
+        self.carry_out(action)
+    }
+
+    /// The consumer cancelled, with Python's message. The reason is recorded before the token
+    /// fires, so whoever wakes on the token reads it (the token's own lock orders the two).
+    pub(crate) fn cancel(&self, reason: Option<String>) -> Action {
+        let action = self.machine().cancel(reason);
+        self.carry_out(action)
+    }
+
+    fn carry_out(&self, action: Action) -> Action {
+        if matches!(action, Action::Stop | Action::Signal) {
+            self.token.cancel();
+        }
+        action
+    }
+
+    pub(crate) fn reason(&self) -> Option<String> {
+        self.machine().reason().map(str::to_owned)
+    }
+}
+
+/// Whether `err` is a cancellation: an `asyncio.CancelledError` (C5). An ordinary exception is
+/// not, and neither is a `TimeoutError`.
+///
+/// A [`PyFuture`](crate::PyFuture) whose task was cancelled, or raised `CancelledError` itself,
+/// resolves to such an error. A Rust future that returns it to a Python awaiter (for example
+/// with `?`) ends that awaiter's future cancelled rather than failed.
+///
+/// # Examples
+/// ```
+/// use pyo3::prelude::*;
+///
+/// async fn call(awaitable: Py<PyAny>) -> PyResult<Option<Py<PyAny>>> {
+///     let fut = Python::attach(|py| pyo3_async_bridge::tokio::into_future(awaitable.into_bound(py)))?;
+///     match fut.await {
+///         Ok(v) => Ok(Some(v)),
+///         Err(e) if Python::attach(|py| pyo3_async_bridge::is_cancellation(py, &e)) => Ok(None),
+///         Err(e) => Err(e),
+///     }
+/// }
+/// ```
+pub fn is_cancellation(py: Python<'_>, err: &PyErr) -> bool {
+    crate::py::cancelled_error(py).is_ok_and(|t| err.is_instance(py, t))
+}
+
+/// The message a `CancelledError` carries (`cancel(msg)`), if it is a string.
+pub(crate) fn cancel_message(py: Python<'_>, err: &PyErr) -> Option<String> {
+    let args = err.value(py).getattr(pyo3::intern!(py, "args")).ok()?;
+    args.get_item(0).ok()?.extract::<String>().ok()
+}
