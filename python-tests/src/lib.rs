@@ -1,5 +1,8 @@
 //! Test extension for the pytest suite: each function exercises one rule of `SPEC.md`.
 
+mod cancel;
+mod drop;
+
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3_async_bridge::tokio::{
@@ -235,6 +238,8 @@ fn bridge_pytests(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "RustPanic",
         m.py().get_type::<pyo3_async_bridge::RustPanic>(),
     )?;
+    cancel::register(m)?;
+    drop::register(m)?;
     m.add_function(wrap_pyfunction!(sleep_then, m)?)?;
     m.add_function(wrap_pyfunction!(ready, m)?)?;
     m.add_function(wrap_pyfunction!(add_one, m)?)?;
