@@ -6,7 +6,12 @@
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use pyo3_async_bridge::tokio::{future_into_py, into_future};
+use pyo3_async_bridge::tokio::{
+    cancellation_reason, cancellation_token, future_into_py, future_into_py_with_options,
+    into_future,
+};
+use pyo3_async_bridge::{CancelMode, IntoPyOptions};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Python awaits Rust: a tokio sleep, then a value.
@@ -48,6 +53,90 @@ fn rust_panics(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     })
 }
 
+/// Set by `WorkGuard::drop` (step 6) and by the cooperative cleanup (step 8).
+static DROPPED: AtomicBool = AtomicBool::new(false);
+static CLEANED_UP: AtomicBool = AtomicBool::new(false);
+static DROP_SEEN: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Held by long Rust work; says when (and why) the work was dropped.
+struct WorkGuard;
+
+impl Drop for WorkGuard {
+    fn drop(&mut self) {
+        // Runs on a runtime thread, inside the crossing's scope: the reason is visible here.
+        let reason = cancellation_reason().unwrap_or_else(|| "no message".into());
+        println!(
+            "  (rust) long work dropped on {:?}; reason: {reason}",
+            thread_name()
+        );
+        DROPPED.store(true, Ordering::SeqCst);
+        DROP_SEEN.notify_one();
+    }
+}
+
+fn thread_name() -> String {
+    std::thread::current().name().unwrap_or("?").to_owned()
+}
+
+/// Ten seconds of Rust work; Python will not wait that long.
+#[pyfunction]
+fn rust_long_work(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    future_into_py(py, async move {
+        let _guard = WorkGuard;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        Ok("finished (unexpected)")
+    })
+}
+
+/// Resolves once the long work was dropped (at most 5 s): the drop happens on a runtime thread,
+/// so Python awaits it instead of guessing with a sleep.
+#[pyfunction]
+fn rust_work_dropped(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    future_into_py(py, async move {
+        let notified = DROP_SEEN.notified();
+        if !DROPPED.load(Ordering::SeqCst) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), notified).await;
+        }
+        Ok(DROPPED.load(Ordering::SeqCst))
+    })
+}
+
+/// Rust gives a Python coroutine `secs` seconds (`tokio::time::timeout`), then drops it.
+#[pyfunction]
+fn rust_timeout(py: Python<'_>, coro: Py<PyAny>, secs: f64) -> PyResult<Bound<'_, PyAny>> {
+    future_into_py(py, async move {
+        let fut = Python::attach(|py| into_future(coro.into_bound(py)))?;
+        match tokio::time::timeout(Duration::from_secs_f64(secs), fut).await {
+            Ok(r) => r.map(|_| "finished in time"),
+            Err(_elapsed) => Ok("rust timed out"),
+        }
+    })
+}
+
+/// Cooperative cancellation: when Python cancels, the token fires, Rust flushes for 50 ms and
+/// only then does Python's cancellation (here a `TimeoutError`) arrive.
+#[pyfunction]
+fn rust_cooperative(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    let options = IntoPyOptions::new().cancel_mode(CancelMode::Cooperative {
+        grace: Some(Duration::from_secs(2)),
+    });
+    future_into_py_with_options(py, options, async move {
+        let token = cancellation_token().expect("inside a crossing");
+        token.cancelled().await;
+        println!("  (rust) token fired; flushing before Python goes on");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        CLEANED_UP.store(true, Ordering::SeqCst);
+        println!("  (rust) cleanup done");
+        Ok(())
+    })
+}
+
+/// Whether the cooperative cleanup has finished.
+#[pyfunction]
+fn rust_cleaned_up() -> bool {
+    CLEANED_UP.load(Ordering::SeqCst)
+}
+
 const TOUR: &std::ffi::CStr = cr#"
 import asyncio, contextvars
 import tour
@@ -56,7 +145,7 @@ request_id = contextvars.ContextVar("request_id")
 
 def step(title, got, expected):
     ok = got == expected
-    print(f"  {'ok ' if ok else 'FAIL'} {title}: {got!r}")
+    print(f"  {'ok ' if ok else 'FAIL'} {title}: {got!r}", flush=True)
     if not ok:
         raise SystemExit(f"step failed: {title}: expected {expected!r}, got {got!r}")
 
@@ -65,15 +154,15 @@ async def python_side(x):
     return f"python saw {x} in request {request_id.get()}"
 
 async def main():
-    print("1. Python awaits Rust (tokio sleep, then a value)")
+    print("1. Python awaits Rust (tokio sleep, then a value)", flush=True)
     step("await rust_sleep(0.05, 21)", await tour.rust_sleep(0.05, 21), 42)
 
-    print("2. Rust awaits Python (into_future inside a crossing)")
+    print("2. Rust awaits Python (into_future inside a crossing)", flush=True)
     request_id.set("req-7")
     step("await rust_awaits(python_side(1))", await tour.rust_awaits(python_side(1)),
          "python saw 1 in request req-7")
 
-    print("3. contextvars follow the crossing; concurrent requests never mix")
+    print("3. contextvars follow the crossing; concurrent requests never mix", flush=True)
     async def request(n):
         request_id.set(f"req-{n}")
         return await tour.rust_awaits(python_side(n))
@@ -81,7 +170,7 @@ async def main():
     step("100 concurrent requests see their own id",
          all(g == f"python saw {n} in request req-{n}" for n, g in enumerate(got)), True)
 
-    print("4. An error crosses with its type and message")
+    print("4. An error crosses with its type and message", flush=True)
     try:
         await tour.rust_fails()
     except ValueError as e:
@@ -89,7 +178,7 @@ async def main():
     else:
         step("ValueError from Rust", "no exception", "ValueError")
 
-    print("5. A panic crosses as RustPanic with its message")
+    print("5. A panic crosses as RustPanic with its message", flush=True)
     try:
         await tour.rust_panics()
     except tour.RustPanic as e:
@@ -98,6 +187,44 @@ async def main():
         step("RustPanic from Rust", "no exception", "RustPanic")
 
     step("the loop and runtime still work", await tour.rust_sleep(0, 5), 10)
+
+    print("6. A Python timeout cancels Rust work: the Rust future is dropped", flush=True)
+    try:
+        async with asyncio.timeout(0.05):
+            await tour.rust_long_work()
+        timed_out = False
+    except TimeoutError:
+        timed_out = True
+    dropped = await tour.rust_work_dropped()
+    step("asyncio.timeout raised TimeoutError", timed_out, True)
+    step("the Rust future was dropped", dropped, True)
+
+    print("7. A Rust timeout cancels a Python task: its finally runs", flush=True)
+    cancelled_with = []
+    finally_ran = asyncio.Event()
+    async def slow_python():
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError as e:
+            cancelled_with.append(e.args[0] if e.args else None)
+            raise
+        finally:
+            print("  (python) finally ran in the cancelled task", flush=True)
+            finally_ran.set()
+    step("rust_timeout(slow_python(), 0.05)", await tour.rust_timeout(slow_python(), 0.05),
+         "rust timed out")
+    await asyncio.wait_for(finally_ran.wait(), 5)
+    step("the Python task was cancelled with the bridge's message", cancelled_with,
+         [tour.DROP_CANCEL_MESSAGE])
+
+    print("8. Cooperative mode: Rust cleans up while Python waits", flush=True)
+    try:
+        async with asyncio.timeout(0.05):
+            await tour.rust_cooperative()
+    except TimeoutError:
+        step("TimeoutError arrived after the Rust cleanup", tour.rust_cleaned_up(), True)
+    else:
+        step("TimeoutError arrived", False, True)
 
 asyncio.run(main())
 print("tour complete")
@@ -114,6 +241,15 @@ fn main() -> PyResult<()> {
         m.add_function(wrap_pyfunction!(rust_awaits, &m)?)?;
         m.add_function(wrap_pyfunction!(rust_fails, &m)?)?;
         m.add_function(wrap_pyfunction!(rust_panics, &m)?)?;
+        m.add_function(wrap_pyfunction!(rust_long_work, &m)?)?;
+        m.add_function(wrap_pyfunction!(rust_work_dropped, &m)?)?;
+        m.add_function(wrap_pyfunction!(rust_timeout, &m)?)?;
+        m.add_function(wrap_pyfunction!(rust_cooperative, &m)?)?;
+        m.add_function(wrap_pyfunction!(rust_cleaned_up, &m)?)?;
+        m.add(
+            "DROP_CANCEL_MESSAGE",
+            pyo3_async_bridge::DROP_CANCEL_MESSAGE,
+        )?;
         m.add("RustPanic", py.get_type::<pyo3_async_bridge::RustPanic>())?;
         py.import("sys")?.getattr("modules")?.set_item("tour", &m)?;
         let globals = PyDict::new(py);
