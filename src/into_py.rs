@@ -163,10 +163,13 @@ where
         },
         Action::EndCancelled => {
             // C5: through the future's own cancel, never `set_exception(CancelledError)`.
-            let msg = match &outcome {
-                Outcome::Error(e) => cancel_message(py, e),
-                _ => shared.reason(),
-            };
+            // Python's own message when Python cancelled; else the returned CancelledError's.
+            let msg = shared.reason().or_else(|| match &outcome {
+                Outcome::Error(e) if kind == state::Outcome::Cancellation => {
+                    cancel_message(py, e)
+                }
+                _ => None,
+            });
             let ended = if target.cooperative {
                 crate::cooperative::end_cancelled(&fut, msg)
             } else {

@@ -203,6 +203,8 @@ where
 /// [`spawn`], a child token of it. `None` outside any crossing.
 ///
 /// The token does not fire when the crossing completes: work spawned from it may outlive it.
+/// Cancelling it from Rust cancels a default-mode crossing like a Python cancel would: the future
+/// is dropped and the Python awaiter sees `CancelledError`.
 pub fn cancellation_token() -> Option<CancellationToken> {
     CANCEL.try_with(|c| c.token.clone()).ok()
 }
