@@ -69,8 +69,7 @@ pub(crate) fn end_cancelled(fut: &Bound<'_, PyAny>, msg: Option<String>) -> PyRe
 }
 
 /// `CooperativeFuture._bridge_hook`: Python's `cancel(msg)` lands here. Held only by the
-/// future, so it is dropped when the future is collected, which cancels a crossing nobody
-/// awaits any more.
+/// future, which the crossing keeps alive until its outcome arrives.
 #[pyclass(frozen, module = "pyo3_async_bridge")]
 struct CancelHook {
     shared: Arc<Shared>,
@@ -93,7 +92,8 @@ impl CancelHook {
 
 impl Drop for CancelHook {
     fn drop(&mut self) {
-        // The future was collected: nobody waits (the token fires unless the crossing ended).
+        // The future is torn down unfinished: nobody waits (the token fires unless the crossing
+        // ended).
         let _ = self.shared.cancel(None);
     }
 }

@@ -1,15 +1,14 @@
 //! Python awaits Rust: a crossing from a Rust future to an `asyncio.Future` (rules C1–C7).
 //!
-//! The loop thread creates the future and spawns one runtime task. The task holds no Python
-//! reference that it could drop itself: the target future is reached through a weak reference
-//! inside a [`Delivery`], which always travels back to the loop thread, with the outcome or,
-//! if the task is dropped first, with [`Outcome::Abandoned`].
+//! The loop thread creates the future and spawns one runtime task. The task holds the future
+//! inside a [`Delivery`], which it never drops itself: the delivery always travels back to the
+//! loop thread, with the outcome or, if the task is dropped first, with [`Outcome::Abandoned`].
+//! Like an asyncio task, a crossing is kept alive while its Rust side runs, whether or not
+//! anyone still references its future, so `asyncio.shield(crossing)` protects the work (C6).
 //!
 //! Every event goes through the crossing's [`state`](crate::state) machine in its
 //! [`Shared`] cell: Python cancelling (the [`CrossingGuard`] done callback, or the cooperative
-//! future's `cancel`), the outcome arriving (`settle`), the grace timer (`drive`). Because the
-//! Rust side only holds the future weakly, a future nobody references any more is collected,
-//! its guard is dropped, and the crossing's token fires: no orphaned Rust work.
+//! future's `cancel`), the outcome arriving (`settle`), the grace timer (`drive`).
 
 use crate::cancel::{cancel_message, is_cancellation, CancelMode, Shared};
 use crate::err::{panic_message, BridgeError};
@@ -18,7 +17,6 @@ use crate::queue::LoopQueue;
 use crate::state::{self, Action, Event, Phase};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyWeakrefMethods, PyWeakrefReference};
 use std::any::TypeId;
 use std::future::Future;
 use std::sync::Arc;
@@ -69,11 +67,10 @@ pub(crate) fn new_crossing<'py>(
             crate::cooperative::new_future(&event_loop, Arc::clone(&shared))?
         }
     };
-    let target = PyWeakrefReference::new(&py_fut)?.unbind();
     let delivery = Delivery {
         queue,
         target: Some(Target {
-            weak: target,
+            fut: py_fut.clone().unbind(),
             shared: Arc::clone(&shared),
             cooperative: !matches!(mode, CancelMode::Drop),
             _locals: locals.clone(),
@@ -84,8 +81,8 @@ pub(crate) fn new_crossing<'py>(
 
 /// What an outcome is delivered to.
 struct Target {
-    /// The future, held weakly (collected unawaited means cancelled).
-    weak: Py<PyWeakrefReference>,
+    /// The future; released on the loop thread with the rest.
+    fut: Py<PyAny>,
     shared: Arc<Shared>,
     cooperative: bool,
     /// Released on the loop thread with the rest.
@@ -139,18 +136,14 @@ where
         Outcome::Abandoned => state::Outcome::Abandoned,
     };
     let shared = &target.shared;
-    let Some(fut) = target.weak.bind(py).upgrade() else {
-        // Collected unawaited: its guard already fed `Cancel`; this is dropped (C7).
-        let _ = shared.on(Event::Finish(kind));
-        return;
-    };
+    let fut = target.fut.bind(py);
     if !target.cooperative {
-        match is_done(&fut) {
+        match is_done(fut) {
             Ok(false) => {}
             // Python ended the future (cancelled it) and the guard's callback has not run yet:
             // feed its `Cancel` now; the outcome is then dropped (C7, never set twice).
-            Ok(true) => observe_python_end(shared, &fut),
-            Err(e) => return e.write_unraisable(py, Some(&fut)),
+            Ok(true) => observe_python_end(shared, fut),
+            Err(e) => return e.write_unraisable(py, Some(fut)),
         }
     }
     let result = match shared.on(Event::Finish(kind)) {
@@ -165,33 +158,31 @@ where
             // C5: through the future's own cancel, never `set_exception(CancelledError)`.
             // Python's own message when Python cancelled; else the returned CancelledError's.
             let msg = shared.reason().or_else(|| match &outcome {
-                Outcome::Error(e) if kind == state::Outcome::Cancellation => {
-                    cancel_message(py, e)
-                }
+                Outcome::Error(e) if kind == state::Outcome::Cancellation => cancel_message(py, e),
                 _ => None,
             });
             let ended = if target.cooperative {
-                crate::cooperative::end_cancelled(&fut, msg)
+                crate::cooperative::end_cancelled(fut, msg)
             } else {
                 fut.call_method1(intern!(py, "cancel"), (msg,)).map(drop)
             };
             if let Err(e) = ended {
-                e.write_unraisable(py, Some(&fut));
+                e.write_unraisable(py, Some(fut));
             }
             return;
         }
         _ => return,
     };
-    if let Err(e) = set_outcome(&fut, result) {
+    if let Err(e) = set_outcome(fut, result) {
         // asyncio refused it (e.g. `set_exception(StopIteration())` is a TypeError before 3.12).
         // The future must still end (C7): fail it with a RuntimeError caused by the refusal.
         let fallback = pyo3::exceptions::PyRuntimeError::new_err(
             "the Rust future's outcome could not be set on its asyncio future",
         );
         fallback.set_cause(py, Some(e));
-        if !is_done(&fut).unwrap_or(true) {
-            if let Err(e) = set_outcome(&fut, Err(fallback)) {
-                e.write_unraisable(py, Some(&fut));
+        if !is_done(fut).unwrap_or(true) {
+            if let Err(e) = set_outcome(fut, Err(fallback)) {
+                e.write_unraisable(py, Some(fut));
             }
         }
     }
@@ -246,8 +237,10 @@ where
 }
 
 /// Done callback of a default-mode crossing's future. When Python ended the future itself
-/// (cancelled it), or the future is dropped before it was ever done (collected unawaited), the
-/// crossing's token fires (C3). When the bridge ended it, nothing happens (invariant 6).
+/// (cancelled it), the crossing's token fires (C3). When the bridge ended it, nothing happens
+/// (invariant 6). The guard lives in the future, which the delivery keeps alive until the
+/// outcome arrives, so its `Drop` fires the token only if the future is torn down unfinished
+/// some other way (its loop's callbacks cleared, for instance).
 #[pyclass(frozen, module = "pyo3_async_bridge")]
 struct CrossingGuard {
     shared: Arc<Shared>,

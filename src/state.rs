@@ -74,6 +74,8 @@ pub enum Phase {
     Running,
     /// The consumer cancelled; the cooperative producer is finishing.
     Cancelling,
+    /// Nobody waits; the producer has not started yet and will run to its end.
+    DetachedBeforeStart,
     /// Nobody waits; the producer runs to its end (its outcome is discarded).
     Detached,
     /// Terminal.
@@ -151,7 +153,8 @@ impl Crossing {
         self.reason.as_deref()
     }
 
-    /// Whether the consumer has cancelled (or the loop closed) and the producer was told.
+    /// Whether the crossing is being cancelled or has ended cancelled or closed (by either
+    /// side; the producer may never have been told, if it ended first or never started).
     pub fn is_cancelled(&self) -> bool {
         matches!(
             self.phase,
@@ -178,9 +181,10 @@ impl Crossing {
             (Ended(end), Start | Finish(_)) => (Ended(end), Discard),
             (Ended(end), _) => (Ended(end), Nothing),
 
+            // The producer starts at most once.
             (Created, Start) => (Running, Run),
-            (Detached, Start) => (Detached, Run),
-            (Running | Cancelling, Start) => (self.phase, Nothing),
+            (DetachedBeforeStart, Start) => (Detached, Run),
+            (Running | Cancelling | Detached, Start) => (self.phase, Nothing),
 
             // Cancelled before the producer started: it never starts (C4).
             (Created, Cancel) => (Ended(End::Cancelled), Nothing),
@@ -188,7 +192,7 @@ impl Crossing {
                 Mode::Drop => (Ended(End::Cancelled), Stop),
                 Mode::Cooperative => (Cancelling, Signal),
             },
-            (Cancelling | Detached, Cancel) => (self.phase, Nothing),
+            (Cancelling | DetachedBeforeStart | Detached, Cancel) => (self.phase, Nothing),
 
             // Invariants 2, 3 and 5.
             (Created | Running, Finish(Outcome::Cancellation)) => {
@@ -196,15 +200,17 @@ impl Crossing {
             }
             (Created | Running, Finish(outcome)) => (Ended(End::Delivered), Deliver(outcome)),
             (Cancelling, Finish(_)) => (Ended(End::Cancelled), EndCancelled),
-            (Detached, Finish(_)) => (Ended(End::Discarded), Discard),
+            (DetachedBeforeStart | Detached, Finish(_)) => (Ended(End::Discarded), Discard),
 
+            // Stop again on a repeated expiry: the producer's `drive` sends it once.
             (Cancelling, GraceExpired) => (Cancelling, Stop),
             (_, GraceExpired) => (self.phase, Nothing),
 
-            (Created | Running, Detach) => (Detached, Nothing),
-            (Cancelling | Detached, Detach) => (self.phase, Nothing),
+            (Created, Detach) => (DetachedBeforeStart, Nothing),
+            (Running, Detach) => (Detached, Nothing),
+            (Cancelling | DetachedBeforeStart | Detached, Detach) => (self.phase, Nothing),
 
-            (Created | Detached, LoopClosed) => (Ended(End::Closed), Discard),
+            (Created | DetachedBeforeStart | Detached, LoopClosed) => (Ended(End::Closed), Discard),
             (Running | Cancelling, LoopClosed) => (Ended(End::Closed), Stop),
         };
         #[cfg(bridge_mutants)]

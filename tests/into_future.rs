@@ -337,12 +337,12 @@ fn c2_many_into_futures_from_workers_and_the_loop_thread() {
 }
 
 /// Regression: a task that `into_future` started must stay alive while it waits, even when the
-/// only thing it waits on is a crossing (whose Python future the bridge holds weakly).
+/// only thing it waits on is a crossing.
 ///
 /// asyncio keeps only weak references to tasks. A task suspended on a crossing's future forms a
 /// cycle (task -> coroutine frame -> future -> done callback -> task) that nothing else holds,
-/// so the cyclic GC may collect it mid-flight: the crossing's Rust work is cancelled and the
-/// `PyFuture` resolves to "the Python awaitable was dropped".
+/// so the cyclic GC could collect it mid-flight, and the `PyFuture` would resolve to "the Python
+/// awaitable was dropped".
 #[test]
 
 fn c2_task_started_by_into_future_survives_gc_while_awaiting_a_crossing() {

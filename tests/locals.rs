@@ -247,7 +247,7 @@ fn c1_drop_inside_scope_sees_locals_when_python_cancels() {
 }
 
 #[test]
-fn c1_drop_inside_scope_sees_locals_when_python_drops_the_future() {
+fn c1_drop_inside_scope_sees_locals_when_python_cancels_the_future() {
     with_loop(|py, event_loop| {
         let ctx = new_context(py)?;
         let locals = TaskLocals::new(event_loop.clone()).with_context(ctx.clone());
@@ -260,7 +260,13 @@ fn c1_drop_inside_scope_sees_locals_when_python_drops_the_future() {
             Ok(())
         })?;
         wait_detached(py, started, "the crossing's future never started");
-        // The only reference: the future is collected and the crossing's Rust work dropped.
+        // Python cancels: the crossing's Rust work is dropped inside its scope (C3).
+        fut.call_method0("cancel")?;
+        // One loop iteration runs the future's done callback, which fires the token.
+        assert!(
+            run(event_loop, &fut).is_err(),
+            "the cancelled future must raise"
+        );
         drop(fut);
         probe_verdict(py, verdict);
         Ok(())
