@@ -3,7 +3,7 @@
 
 use crate::model::Model;
 use crate::rules::{Observed, Rules};
-use crate::scenario::{scenarios, Ctor, Scenario, Starts};
+use crate::scenario::{scenarios, Ctor, Scenario};
 use crate::state::mutants::{self, Mutant};
 use proptest::prelude::*;
 use proptest::test_runner::{
@@ -137,14 +137,14 @@ pub struct Verdict {
 
 /// Runs the property over [`cases`] random scenarios with `mutant` active on this thread.
 /// Nothing is persisted: a mutant's failures are expected.
-pub fn run(mutant: Option<Mutant>, starts: Starts) -> Verdict {
+pub fn run(mutant: Option<Mutant>) -> Verdict {
     let config = unpersisted();
     let budget = config.cases;
     let mut runner = TestRunner::new(config);
     let calls = Cell::new(0u32);
     let first_failure = Cell::new(None);
     let result = mutants::with(mutant, || {
-        runner.run(&scenarios(starts), |scenario| {
+        runner.run(&scenarios(), |scenario| {
             calls.set(calls.get() + 1);
             let verdict = check(&scenario);
             if verdict.is_err() && first_failure.get().is_none() {

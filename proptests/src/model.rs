@@ -149,8 +149,10 @@ impl Model {
     pub fn phase(&self) -> Phase {
         if let Some(end) = self.ended {
             Phase::Ended(end)
-        } else if self.detached {
+        } else if self.detached && self.started {
             Phase::Detached
+        } else if self.detached {
+            Phase::DetachedBeforeStart
         } else if self.consumer_cancelled {
             Phase::Cancelling
         } else if self.started {

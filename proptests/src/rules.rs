@@ -130,7 +130,10 @@ impl Rules {
                 o.after
             );
         }
-        if is_cancel(o.step) && self.mode == Mode::Drop && o.before != Phase::Detached {
+        if is_cancel(o.step)
+            && self.mode == Mode::Drop
+            && !matches!(o.before, Phase::Detached | Phase::DetachedBeforeStart)
+        {
             prop_assert!(
                 matches!(o.after, Phase::Ended(_)),
                 "invariant 4 (C7): a Drop-mode cancel left {:?}",

@@ -70,41 +70,6 @@ impl Scenario {
     }
 }
 
-/// How `Start` events are drawn.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Starts {
-    /// Anywhere, any number of times, for both constructors, except on a crossing that was
-    /// detached after its producer started: there the machine answers `Run` again (the known
-    /// disagreement in the README), and no caller feeds a second `Start`.
-    NotAfterDetach,
-    /// Anywhere, any number of times, for both constructors.
-    Free,
-}
-
-impl Starts {
-    /// Drops the `Start`s this policy excludes.
-    fn apply(self, ctor: Ctor, steps: &mut Vec<Step>) {
-        if self == Starts::Free {
-            return;
-        }
-        // Conservative: a `Start` after any `Detach` is dropped once the producer started.
-        let mut started = ctor == Ctor::Running;
-        let mut detached = false;
-        steps.retain(|step| match step {
-            Step::Start if detached && started => false,
-            Step::Start => {
-                started = true;
-                true
-            }
-            Step::Detach => {
-                detached = true;
-                true
-            }
-            _ => true,
-        });
-    }
-}
-
 fn outcome() -> impl Strategy<Value = Outcome> {
     prop_oneof![
         Just(Outcome::Value),
@@ -128,13 +93,9 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 /// Scenarios in both modes, from both constructors, with 1 to [`MAX_STEPS`] events.
-pub fn scenarios(starts: Starts) -> impl Strategy<Value = Scenario> {
+pub fn scenarios() -> impl Strategy<Value = Scenario> {
     let mode = prop_oneof![Just(Mode::Drop), Just(Mode::Cooperative)];
     let ctor = prop_oneof![Just(Ctor::New), Just(Ctor::Running)];
-    (mode, ctor, prop::collection::vec(step(), 1..=MAX_STEPS)).prop_map(
-        move |(mode, ctor, mut steps)| {
-            starts.apply(ctor, &mut steps);
-            Scenario { mode, ctor, steps }
-        },
-    )
+    (mode, ctor, prop::collection::vec(step(), 1..=MAX_STEPS))
+        .prop_map(|(mode, ctor, steps)| Scenario { mode, ctor, steps })
 }

@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 use proptest::test_runner::TestError;
 use pyo3_async_bridge_proptests::check::{cases, check, config, run, Verdict};
-use pyo3_async_bridge_proptests::scenario::{scenarios, Ctor, Scenario, Starts, Step};
+use pyo3_async_bridge_proptests::scenario::{scenarios, Ctor, Scenario, Step};
 use pyo3_async_bridge_proptests::state::mutants::Mutant;
 use pyo3_async_bridge_proptests::state::{Action, Mode, Outcome};
 
@@ -13,7 +13,7 @@ proptest! {
 
     /// The property itself: every step agrees with the model and keeps the invariants.
     #[test]
-    fn c7_machine_matches_model_and_invariants(scenario in scenarios(Starts::NotAfterDetach)) {
+    fn c7_machine_matches_model_and_invariants(scenario in scenarios()) {
         check(&scenario)?;
     }
 }
@@ -25,7 +25,7 @@ fn assert_caught(mutant: Mutant) -> Scenario {
         budget,
         first_failure,
         result,
-    } = run(Some(mutant), Starts::NotAfterDetach);
+    } = run(Some(mutant));
     let scenario = match result {
         Err(TestError::Fail(why, scenario)) => {
             println!(
@@ -46,7 +46,7 @@ fn assert_caught(mutant: Mutant) -> Scenario {
 
 #[test]
 fn c7_unmutated_machine_passes_the_same_runner() {
-    let verdict = run(None, Starts::NotAfterDetach);
+    let verdict = run(None);
     assert_eq!(verdict.budget, cases());
     assert_eq!(verdict.first_failure, None);
     if let Err(e) = verdict.result {
@@ -168,14 +168,11 @@ fn c3_reason_is_the_first_cancel_that_reached_the_producer() {
     assert_eq!(unstarted.reason(), None);
 }
 
-/// Start drawn anywhere, any number of times, from both constructors. Fails on the real machine
-/// (see README, "Known disagreement"): a `Start` on a `Detached` crossing answers `Run` even when
-/// the producer runs already (`Crossing::running`, or a `Start` before the `Detach`), because
-/// `Phase::Detached` forgets whether it started. No caller feeds a second `Start` today.
+/// Start drawn anywhere, any number of times, from both constructors: the producer starts at
+/// most once (a regression test: `Detached` once forgot whether the producer had started).
 #[test]
-#[ignore = "state.rs: Start on a Detached crossing whose producer runs answers Run (shrinks to [Detach, Start])"]
 fn c4_start_runs_a_producer_at_most_once() {
-    let verdict = run(None, Starts::Free);
+    let verdict = run(None);
     if let Err(e) = verdict.result {
         panic!("failed at case {:?}: {e}", verdict.first_failure);
     }
