@@ -17,11 +17,11 @@ export LD_LIBRARY_PATH := $(PY_LIBDIR)$(if $(LD_LIBRARY_PATH),:$(LD_LIBRARY_PATH
 PYTEST := $(VENV)/bin/pytest
 PYTEST_ARGS ?=
 
-.PHONY: help demo test lint test-rust test-nopool test-python test-python-threadsafe build-ext venv bench
+.PHONY: help demo test lint test-rust test-props test-nopool test-python test-python-threadsafe build-ext venv bench
 
 help:
 	@echo "make demo   - a runnable tour of the bridge (asserts every step)"
-	@echo "make test   - every suite: fmt, clippy, cargo tests (also without PyO3's reference pool), pytest under asyncio and uvloop, both wakeup modes"
+	@echo "make test   - every suite: fmt, clippy, cargo tests (also without PyO3's reference pool), proptests, pytest under asyncio and uvloop, both wakeup modes"
 	@echo "make bench  - benchmarks vs pyo3-async-runtimes, PyO3 async fn and asyncio (release build, ~2-3 min); writes BENCHMARKS.md"
 
 $(VENV)/.installed: Makefile
@@ -41,6 +41,11 @@ lint: venv
 test-rust: venv
 	cargo test -p pyo3-async-bridge
 
+# The crossing state machine against a reference model, plus the proof that each deliberately
+# broken variant is caught (10,000 cases each; BRIDGE_PROPTEST_CASES raises it).
+test-props:
+	cargo test -p pyo3-async-bridge-proptests
+
 # PyO3 aborts when a Python reference is dropped off-thread under this cfg: proves the bridge
 # sends every reference home to its loop thread.
 test-nopool: venv
@@ -56,7 +61,7 @@ test-python: build-ext
 test-python-threadsafe: build-ext
 	cd python-tests && PYO3_ASYNC_BRIDGE_WAKEUP=threadsafe ../$(PYTEST) $(PYTEST_ARGS)
 
-test: lint test-rust test-nopool test-python test-python-threadsafe
+test: lint test-rust test-props test-nopool test-python test-python-threadsafe
 	@echo "make test: all suites passed"
 
 # Release build of the benchmark extension, then every scenario interleaved across
