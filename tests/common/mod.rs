@@ -1,6 +1,9 @@
 //! Shared scaffolding for the integration tests: the embedded interpreter, one private asyncio
 //! event loop per test, Python helper modules, and [`Attached`], which keeps Python references
-//! from being dropped on a thread that is not attached.
+//! from being dropped on a thread that is not attached. For the cancellation tests (C3–C6):
+//! [`Drops`] counts and describes drops of Rust futures, [`Signal`] carries an event between
+//! Python and Rust, [`run_bounded`] runs the loop with a deadline and [`in_running_loop`] calls
+//! Rust on the loop thread while the loop runs (as a `#[pyfunction]` would be).
 //!
 //! The suite also runs with `--cfg pyo3_disable_reference_pool`, where such a drop aborts the
 //! process. So every Python reference that a Rust future on a runtime thread holds is either
@@ -10,14 +13,21 @@
 // Each test binary compiles this module and uses a different subset of it.
 #![allow(dead_code)]
 
+use pyo3::exceptions::PyTimeoutError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyModule;
-use pyo3_async_bridge::tokio::future_into_py_with_locals;
+use pyo3::types::{PyCFunction, PyModule};
+use pyo3_async_bridge::tokio::{
+    cancellation_reason, cancellation_token, future_into_py, future_into_py_with_locals,
+};
 use pyo3_async_bridge::TaskLocals;
 use std::ffi::CStr;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::ThreadId;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 /// How long a test waits for a signal from another thread before it fails. This bounds a wait
 /// that a correct bridge ends at once; it never stands in for synchronisation.
@@ -68,6 +78,20 @@ def close_loop(loop):
 
 async def gather_all(aws):
     return await asyncio.gather(*aws)
+
+async def bounded(aw, secs):
+    """Awaits `aw`, failing (without cancelling it) when it is not done within `secs`."""
+    fut = asyncio.ensure_future(aw)
+    done, _ = await asyncio.wait([fut], timeout=secs)
+    if not done:
+        raise TimeoutError(f"{fut!r} was not done within {secs}s")
+    return fut.result()
+
+async def call_in_loop(f):
+    return f()
+
+async def await_call(f):
+    return await f()
 "#;
 
 static LOOP_MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
@@ -211,4 +235,255 @@ impl<T> Drop for Attached<T> {
 pub fn wait_detached<T: Send>(py: Python<'_>, rx: std::sync::mpsc::Receiver<T>, what: &str) -> T {
     py.detach(move || rx.recv_timeout(SIGNAL_TIMEOUT))
         .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// `loop.run_until_complete(bounded(awaitable))`: like [`run`], but fails with `TimeoutError`
+/// when `awaitable` is not done within [`SIGNAL_TIMEOUT`] (a broken bridge fails the test rather
+/// than hanging it). The outcome is `awaitable`'s: a cancelled future raises its own
+/// `CancelledError`, message included.
+pub fn run_bounded<'py>(
+    event_loop: &Bound<'py, PyAny>,
+    awaitable: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = event_loop.py();
+    let coro =
+        loop_helpers(py).call_method1("bounded", (awaitable, SIGNAL_TIMEOUT.as_secs_f64()))?;
+    run(event_loop, &coro)
+}
+
+/// Calls `f` on the loop thread inside the running `event_loop` (from a task, the way Python
+/// calls a `#[pyfunction]`) and returns what it returned. So `f` may call `future_into_py`,
+/// which takes the running loop and a copy of the current context.
+pub fn in_running_loop<'py, F>(event_loop: &Bound<'py, PyAny>, f: F) -> PyResult<Bound<'py, PyAny>>
+where
+    F: for<'a> FnOnce(Python<'a>) -> PyResult<Bound<'a, PyAny>> + Send + 'static,
+{
+    let py = event_loop.py();
+    let slot = Mutex::new(Some(f));
+    let call = PyCFunction::new_closure(py, None, None, move |args, _kwargs| {
+        let f = slot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .expect("in_running_loop calls its function once");
+        f(args.py()).map(Bound::unbind)
+    })?;
+    let coro = loop_helpers(py).call_method1("call_in_loop", (call,))?;
+    run(event_loop, &coro)
+}
+
+/// The name of the bridge's runtime worker threads.
+pub const WORKER_THREAD: &str = "pyo3-async-bridge-worker";
+
+/// What a [`DropGuard`] saw when it was dropped. Gathered without attaching: the crossing's
+/// task-locals ([`cancellation_token`], [`cancellation_reason`]) and the thread.
+#[derive(Clone, Debug)]
+pub struct DropReport {
+    /// The guard's name.
+    pub name: String,
+    /// The dropping thread's name.
+    pub thread_name: Option<String>,
+    /// The dropping thread.
+    pub thread: ThreadId,
+    /// `None` when the drop ran outside any crossing; else whether its token had fired.
+    pub token_fired: Option<bool>,
+    /// [`cancellation_reason`] at the drop.
+    pub reason: Option<String>,
+    /// When it was dropped.
+    pub at: Instant,
+}
+
+impl DropReport {
+    /// Panics unless the drop ran on a runtime worker thread (not `loop_thread`), inside a
+    /// crossing whose token had fired, with `reason` as the cancellation reason (C3).
+    pub fn assert_cancelled_on_runtime(&self, loop_thread: ThreadId, reason: Option<&str>) {
+        assert_eq!(
+            self.thread_name.as_deref(),
+            Some(WORKER_THREAD),
+            "{self:?}: not dropped on a runtime worker thread"
+        );
+        assert_ne!(
+            self.thread, loop_thread,
+            "{self:?}: dropped on the loop thread"
+        );
+        assert_eq!(
+            self.token_fired,
+            Some(true),
+            "{self:?}: not dropped inside a crossing whose token fired"
+        );
+        assert_eq!(
+            self.reason.as_deref(),
+            reason,
+            "{self:?}: cancellation reason"
+        );
+    }
+}
+
+/// Counts drops of [`DropGuard`]s and keeps what each saw. Cheap to clone (shared).
+#[derive(Clone, Default)]
+pub struct Drops(Arc<DropsInner>);
+
+#[derive(Default)]
+struct DropsInner {
+    count: AtomicUsize,
+    reports: Mutex<Vec<DropReport>>,
+    changed: Condvar,
+}
+
+impl Drops {
+    /// A fresh counter.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A guard that reports to this counter when dropped: move it into a future.
+    pub fn guard(&self, name: impl Into<String>) -> DropGuard {
+        DropGuard {
+            name: name.into(),
+            drops: self.clone(),
+        }
+    }
+
+    /// How many guards have been dropped.
+    pub fn count(&self) -> usize {
+        self.0.count.load(Ordering::SeqCst)
+    }
+
+    /// The reports so far, in drop order.
+    pub fn reports(&self) -> Vec<DropReport> {
+        self.0
+            .reports
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The report of the guard named `name`.
+    ///
+    /// # Panics
+    /// Unless exactly one guard of that name was dropped.
+    pub fn report(&self, name: &str) -> DropReport {
+        let reports: Vec<_> = self
+            .reports()
+            .into_iter()
+            .filter(|r| r.name == name)
+            .collect();
+        assert_eq!(reports.len(), 1, "drops of {name:?}: {reports:#?}");
+        reports.into_iter().next().expect("one report")
+    }
+
+    /// Waits, detached, until at least `n` guards were dropped, and returns the reports.
+    ///
+    /// # Panics
+    /// When that does not happen within [`SIGNAL_TIMEOUT`]; `what` names the awaited drops.
+    pub fn wait_for(&self, py: Python<'_>, n: usize, what: &str) -> Vec<DropReport> {
+        let inner = &self.0;
+        py.detach(|| {
+            let deadline = Instant::now() + SIGNAL_TIMEOUT;
+            let mut reports = inner.reports.lock().unwrap_or_else(PoisonError::into_inner);
+            while reports.len() < n {
+                let left = deadline.saturating_duration_since(Instant::now());
+                assert!(
+                    !left.is_zero(),
+                    "{what}: {} of {n} drops within {SIGNAL_TIMEOUT:?}: {reports:#?}",
+                    reports.len()
+                );
+                reports = inner
+                    .changed
+                    .wait_timeout(reports, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            reports.clone()
+        })
+    }
+}
+
+/// Reports to its [`Drops`] when dropped.
+pub struct DropGuard {
+    name: String,
+    drops: Drops,
+}
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        let thread = std::thread::current();
+        let report = DropReport {
+            name: std::mem::take(&mut self.name),
+            thread_name: thread.name().map(str::to_owned),
+            thread: thread.id(),
+            token_fired: cancellation_token().map(|t| t.is_cancelled()),
+            reason: cancellation_reason(),
+            at: Instant::now(),
+        };
+        let inner = &self.drops.0;
+        let mut reports = inner.reports.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.count.fetch_add(1, Ordering::SeqCst);
+        reports.push(report);
+        inner.changed.notify_all();
+    }
+}
+
+/// [`Drops`] as a Python object, so that Python code can hand it to Rust functions.
+#[pyclass(frozen, module = "bridge_tests", name = "Drops")]
+pub struct PyDrops(pub Drops);
+
+impl PyDrops {
+    /// A Python object sharing `drops`.
+    pub fn wrap<'py>(py: Python<'py>, drops: &Drops) -> PyResult<Bound<'py, PyDrops>> {
+        Bound::new(py, PyDrops(drops.clone()))
+    }
+}
+
+/// A one-shot event between Python and Rust: calling it from Python (or `notify_one` on its
+/// [`Notify`] from Rust) wakes one waiter, now or later. Rust waits with [`notified`]; Python
+/// awaits `signal.wait()` (a crossing, so only inside a running loop; see [`wait_signal`]).
+#[pyclass(frozen, module = "bridge_tests")]
+pub struct Signal {
+    notify: Arc<Notify>,
+}
+
+impl Signal {
+    /// A new signal and the Rust side of it.
+    pub fn pair(py: Python<'_>) -> PyResult<(Bound<'_, Signal>, Arc<Notify>)> {
+        let notify = Arc::new(Notify::new());
+        let signal = Bound::new(
+            py,
+            Signal {
+                notify: Arc::clone(&notify),
+            },
+        )?;
+        Ok((signal, notify))
+    }
+}
+
+#[pymethods]
+impl Signal {
+    /// Any thread: signals (a permit is kept when nobody waits yet).
+    fn __call__(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Loop thread: an awaitable that resolves once signalled, or raises `TimeoutError` after
+    /// [`SIGNAL_TIMEOUT`].
+    fn wait<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let notify = Arc::clone(&self.notify);
+        future_into_py(py, async move { notified(&notify, "Signal.wait()").await })
+    }
+}
+
+/// Runs `event_loop` until `signal` is signalled (`await signal.wait()`, bounded).
+pub fn wait_signal(event_loop: &Bound<'_, PyAny>, signal: &Bound<'_, Signal>) -> PyResult<()> {
+    let py = event_loop.py();
+    let coro = loop_helpers(py).call_method1("await_call", (signal.getattr("wait")?,))?;
+    run_bounded(event_loop, &coro).map(drop)
+}
+
+/// Runtime thread: waits for `notify`, failing with `TimeoutError` after [`SIGNAL_TIMEOUT`].
+pub async fn notified(notify: &Notify, what: &str) -> PyResult<()> {
+    tokio::time::timeout(SIGNAL_TIMEOUT, notify.notified())
+        .await
+        .map_err(|_| {
+            PyTimeoutError::new_err(format!("{what}: no signal within {SIGNAL_TIMEOUT:?}"))
+        })
 }
