@@ -364,10 +364,7 @@ fn is_cancellation_of(py: Python<'_>, awaitable: Py<PyAny>) -> PyResult<Bound<'_
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add(
-        "DROP_CANCEL_MESSAGE",
-        pyo3_async_bridge::DROP_CANCEL_MESSAGE,
-    )?;
+    // DROP_CANCEL_MESSAGE is exported by `drop.rs`.
     m.add_class::<Probe>()?;
     m.add_function(wrap_pyfunction!(probe_work, m)?)?;
     m.add_function(wrap_pyfunction!(spawn_child, m)?)?;
