@@ -260,7 +260,7 @@ struct WorkState {
     drops: Count,
 }
 
-/// What a `probe_work` crossing's Rust future has done: `polled` (first poll), `completed`
+/// What a `race_work` crossing's Rust future has done: `polled` (first poll), `completed`
 /// (set right before it returns its value), `drops` (its future was dropped, after completing
 /// or not), `dropped_incomplete` (dropped before completing).
 #[pyclass(frozen)]
@@ -321,7 +321,7 @@ impl Drop for WorkGuard {
 /// A crossing whose Rust future marks `probe.polled` on its first poll, yields `yields` times,
 /// sleeps `sleep_us` microseconds (if not 0), marks `probe.completed` and returns `value`.
 #[pyfunction]
-fn probe_work<'py>(
+fn race_work<'py>(
     py: Python<'py>,
     probe: &WorkProbe,
     yields: u32,
@@ -559,7 +559,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(drop_before_start, m)?)?;
     m.add_function(wrap_pyfunction!(detach_py, m)?)?;
     m.add_function(wrap_pyfunction!(await_classify, m)?)?;
-    m.add_function(wrap_pyfunction!(probe_work, m)?)?;
+    m.add_function(wrap_pyfunction!(race_work, m)?)?;
     m.add_function(wrap_pyfunction!(drop_race, m)?)?;
     Ok(())
 }

@@ -7,7 +7,7 @@ asyncio and uvloop, with ``loop.set_debug(True)`` and an exception handler and u
 that fail the test), cancelling at random moments, and records which window each cancellation
 hit. Every window must be hit at least ``MIN_HITS`` times per loop kind.
 
-* Python cancels Rust (``probe_work``, a ``WorkProbe`` with atomics): the asyncio future is
+* Python cancels Rust (``race_work``, a ``WorkProbe`` with atomics): the asyncio future is
   cancelled before the Rust future was first polled (right after the call; half of those
   while ``WorkerHold`` blocks every runtime worker, so that no poll can have happened), while
   it runs, or after it returned its value but before the outcome reached the asyncio future
@@ -103,7 +103,7 @@ async def python_cancels_rust_once(rng: random.Random, i: int, where: str) -> st
     hold = b.WorkerHold() if strategy == "immediate" and rng.random() < 0.5 else None
     if hold is not None:
         spin_until(hold.all_held, "holding the runtime's workers", where)
-    fut = b.probe_work(probe, rust_yields, rust_sleep_us, i)
+    fut = b.race_work(probe, rust_yields, rust_sleep_us, i)
     awaiter = None
     if via_task:
         awaiter = asyncio.ensure_future(consume(fut))
