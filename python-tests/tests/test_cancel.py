@@ -28,6 +28,9 @@ RUNTIME_THREAD = "pyo3-async-bridge-worker"
 
 #: ``Task.cancelling()`` and ``uncancel()`` exist from 3.11 on.
 HAS_CANCELLING = sys.version_info >= (3, 11)
+#: Before 3.11 asyncio drops a task's cancel message (`task.result()` raises a bare
+#: `CancelledError`), so a message cannot cross a task there.
+TASK_KEEPS_CANCEL_MESSAGE = sys.version_info >= (3, 11)
 
 needs_311 = pytest.mark.skipif(sys.version_info < (3, 11), reason="needs 3.11+")
 needs_312 = pytest.mark.skipif(sys.version_info < (3, 12), reason="needs 3.12+")
@@ -514,7 +517,7 @@ def test_c5_cancelled_python_task_through_question_mark_ends_outer_cancelled(run
 
     cancelled, args, after = run(main)
     assert cancelled is True
-    assert args == ("inner-stop",)
+    assert args == (("inner-stop",) if TASK_KEEPS_CANCEL_MESSAGE else ())
     assert after == (0 if HAS_CANCELLING else None)
 
 
@@ -535,7 +538,7 @@ def test_c5_coroutine_raising_cancelled_error_ends_outer_cancelled(run):
 
     cancelled, args, after = run(main)
     assert cancelled is True
-    assert args == ("raised-inside",)
+    assert args == (("raised-inside",) if TASK_KEEPS_CANCEL_MESSAGE else ())
     assert after == (0 if HAS_CANCELLING else None)
 
 

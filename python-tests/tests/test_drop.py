@@ -307,6 +307,16 @@ def test_c4_detached_task_failure_is_retrieved_quietly(run):
 # --- C5: cancellation as an outcome seen from Rust ---------------------------------------------
 
 
+#: Before 3.11 asyncio drops a task's cancel message: `task.result()` raises a bare
+#: `CancelledError` (gh-90985 fixed it in 3.11), so no bridge can pass the message on.
+TASK_KEEPS_CANCEL_MESSAGE = sys.version_info >= (3, 11)
+
+
+def task_message(msg):
+    """The message a task's outcome carries on this Python."""
+    return msg if TASK_KEEPS_CANCEL_MESSAGE else None
+
+
 def test_c5_task_cancelled_by_someone_else_is_a_cancellation(run):
     async def main():
         watch = Watch()
@@ -316,7 +326,7 @@ def test_c5_task_cancelled_by_someone_else_is_a_cancellation(run):
         task.cancel("someone else")
         return await within(report)
 
-    assert run(main) == ("CancelledError", True, "someone else", None)
+    assert run(main) == ("CancelledError", True, task_message("someone else"), None)
 
 
 def test_c5_coroutine_raising_cancelled_error_is_a_cancellation(run):
@@ -327,7 +337,7 @@ def test_c5_coroutine_raising_cancelled_error_is_a_cancellation(run):
 
         return await within(b.await_classify(coro()))
 
-    assert run(main) == ("CancelledError", True, "raised by the coroutine", None)
+    assert run(main) == ("CancelledError", True, task_message("raised by the coroutine"), None)
 
 
 @pytest.mark.parametrize(
@@ -447,12 +457,14 @@ def test_c6_cancellation_raised_innermost_surfaces_at_every_layer(run, depth, in
         return chain, info.value.args, outer.cancelled()
 
     chain, args, outer_cancelled = run(main)
-    assert outer_cancelled and args == ("raised innermost",)
+    assert outer_cancelled
     # Nobody called cancel() on any task: cancelling() stays 0 at every layer (C5).
     expected_cancelling = 0 if sys.version_info >= (3, 11) else None
-    assert chain.cancelled == {
-        k: (("raised innermost",), expected_cancelling) for k in range(depth)
-    }
+    assert sorted(chain.cancelled) == list(range(depth))
+    assert {c for _, c in chain.cancelled.values()} == {expected_cancelling}
+    if TASK_KEEPS_CANCEL_MESSAGE:
+        assert args == ("raised innermost",)
+        assert {a for a, _ in chain.cancelled.values()} == {("raised innermost",)}
     assert sorted(chain.finally_ran) == list(range(depth))
     assert chain.drops.value == depth - 1  # every await_counted layer ended (and was dropped)
     # Each Rust layer returned the CancelledError: its future ends cancelled, not failed (C5).
