@@ -35,7 +35,7 @@ pub enum CancelMode {
 }
 
 impl CancelMode {
-    pub(crate) fn mode(self) -> Mode {
+    pub(crate) fn machine_mode(self) -> Mode {
         match self {
             CancelMode::Drop => Mode::Drop,
             CancelMode::Cooperative { .. } => Mode::Cooperative,
@@ -63,37 +63,51 @@ pub struct IntoPyOptions {
 
 impl IntoPyOptions {
     /// The defaults: the current locals and [`CancelMode::Drop`].
+    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Uses `locals` instead of the current locals.
+    #[must_use]
     pub fn locals(mut self, locals: crate::TaskLocals) -> Self {
         self.locals = Some(locals);
         self
     }
 
     /// Sets what happens when Python cancels.
+    #[must_use]
     pub fn cancel_mode(mut self, mode: CancelMode) -> Self {
         self.cancel = mode;
         self
     }
 }
 
-/// One crossing's state machine and token, shared by whoever observes its events: the loop
+/// One crossing's state machine and tokens, shared by whoever observes its events: the loop
 /// thread (Python cancels, an outcome arrives) and runtime threads (grace, `PyFuture` drop).
 ///
-/// The lock is held only around a transition, never while Python code runs or the token fires.
+/// Two tokens, both fired only by the machine's answers, never by user code:
+/// - `stop` fires on [`Action::Stop`]: the Rust future (and every task the bridge's `spawn`
+///   made from it) is dropped now.
+/// - `signal`, a child of `stop`, fires on [`Action::Signal`] too: the cooperative notice. The
+///   tokens users get from `cancellation_token()` are children of it, so cancelling one of
+///   them never cancels the crossing behind the machine's back.
+///
+/// The lock is held only around a transition, never while Python code runs or a token fires.
 pub(crate) struct Shared {
     machine: Mutex<Crossing>,
-    token: CancellationToken,
+    stop: CancellationToken,
+    signal: CancellationToken,
 }
 
 impl Shared {
     pub(crate) fn new(machine: Crossing) -> Self {
+        let stop = CancellationToken::new();
+        let signal = stop.child_token();
         Shared {
             machine: Mutex::new(machine),
-            token: CancellationToken::new(),
+            stop,
+            signal,
         }
     }
 
@@ -101,30 +115,44 @@ impl Shared {
         self.machine.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(crate) fn token(&self) -> &CancellationToken {
-        &self.token
+    /// Fires when the producer must be dropped now.
+    pub(crate) fn stop_token(&self) -> &CancellationToken {
+        &self.stop
+    }
+
+    /// Fires when the producer is told to stop (cooperatively or not).
+    pub(crate) fn signal_token(&self) -> &CancellationToken {
+        &self.signal
     }
 
     pub(crate) fn phase(&self) -> Phase {
         self.machine().phase()
     }
 
-    /// Feeds `event` in and fires the token when the machine says to stop or signal.
+    /// Feeds `event` in and fires the tokens the machine's answer calls for.
     pub(crate) fn on(&self, event: Event) -> Action {
         let action = self.machine().on(event);
         self.carry_out(action)
     }
 
-    /// The consumer cancelled, with Python's message. The reason is recorded before the token
-    /// fires, so whoever wakes on the token reads it (the token's own lock orders the two).
-    pub(crate) fn cancel(&self, reason: Option<String>) -> Action {
-        let action = self.machine().cancel(reason);
-        self.carry_out(action)
+    /// The consumer cancelled, with Python's message. The reason is recorded before a token
+    /// fires, so whoever wakes on it reads it (the token's own lock orders the two). Returns
+    /// the action and whether the crossing is still live afterwards (for `Future.cancel`'s
+    /// return value).
+    pub(crate) fn cancel(&self, reason: Option<String>) -> (Action, bool) {
+        let (action, live) = {
+            let mut machine = self.machine();
+            let action = machine.cancel(reason);
+            (action, !matches!(machine.phase(), Phase::Ended(_)))
+        };
+        (self.carry_out(action), live)
     }
 
     fn carry_out(&self, action: Action) -> Action {
-        if matches!(action, Action::Stop | Action::Signal) {
-            self.token.cancel();
+        match action {
+            Action::Stop => self.stop.cancel(),
+            Action::Signal => self.signal.cancel(),
+            _ => {}
         }
         action
     }

@@ -10,7 +10,6 @@
 //! [`CancelMode::Cooperative`]: crate::CancelMode::Cooperative
 
 use crate::cancel::Shared;
-use crate::state::Phase;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use std::sync::Arc;
@@ -85,8 +84,8 @@ impl CancelHook {
             .filter(|m| !m.is_none())
             .and_then(|m| m.str().ok())
             .map(|s| s.to_string_lossy().into_owned());
-        let _ = self.shared.cancel(reason);
-        !matches!(self.shared.phase(), Phase::Ended(_))
+        let (_, live) = self.shared.cancel(reason);
+        live
     }
 }
 

@@ -158,7 +158,16 @@ pub fn into_future_with_locals(
     if !is_coro {
         check_awaitable(&awaitable)?;
     }
-    let queue = Arc::clone(locals.queue(py)?);
+    let queue = match locals.queue(py) {
+        Ok(queue) => Arc::clone(queue),
+        Err(e) => {
+            if is_coro {
+                // Never started: closed, not left un-awaited (C4, C9).
+                let _ = awaitable.call_method0(intern!(py, "close"));
+            }
+            return Err(e);
+        }
+    };
     let (tx, rx) = oneshot::channel();
     let link = Arc::new(Link::new());
     let completer = Completer {
@@ -221,10 +230,14 @@ fn start(
                     _ => linked.task = Some(task.clone().unbind()),
                 }
             }
-            if let Err(e) = task.call_method1(intern!(py, "add_done_callback"), (completer,)) {
-                // The completer is dropped with its sender: the receiver reports
-                // AwaitableDropped rather than hanging.
-                e.write_unraisable(py, Some(&task));
+            let completer = match Py::new(py, completer) {
+                Ok(c) => c,
+                Err(e) => return e.write_unraisable(py, Some(&task)),
+            };
+            if let Err(e) = task.call_method1(intern!(py, "add_done_callback"), (&completer,)) {
+                // Nothing will report the task's end: the `PyFuture` gets this error now, and the
+                // completer lets go of the task here, attached (A1), whatever the machine says.
+                completer.borrow_mut(py).send(py, Err(e));
             }
         }
         Err(e) => {

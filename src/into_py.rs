@@ -52,7 +52,7 @@ pub(crate) fn new_crossing<'py>(
     mode: CancelMode,
 ) -> PyResult<(Bound<'py, PyAny>, Crossing)> {
     let queue = Arc::clone(locals.queue(py)?);
-    let shared = Arc::new(Shared::new(state::Crossing::running(mode.mode())));
+    let shared = Arc::new(Shared::new(state::Crossing::running(mode.machine_mode())));
     let event_loop = locals.event_loop(py);
     let py_fut = match mode {
         CancelMode::Drop => {
@@ -72,7 +72,7 @@ pub(crate) fn new_crossing<'py>(
         target: Some(Target {
             fut: py_fut.clone().unbind(),
             shared: Arc::clone(&shared),
-            cooperative: !matches!(mode, CancelMode::Drop),
+            mode,
             _locals: locals.clone(),
         }),
     };
@@ -84,7 +84,7 @@ struct Target {
     /// The future; released on the loop thread with the rest.
     fut: Py<PyAny>,
     shared: Arc<Shared>,
-    cooperative: bool,
+    mode: CancelMode,
     /// Released on the loop thread with the rest.
     _locals: TaskLocals,
 }
@@ -137,14 +137,13 @@ where
     };
     let shared = &target.shared;
     let fut = target.fut.bind(py);
-    if !target.cooperative {
-        match is_done(fut) {
-            Ok(false) => {}
-            // Python ended the future (cancelled it) and the guard's callback has not run yet:
-            // feed its `Cancel` now; the outcome is then dropped (C7, never set twice).
-            Ok(true) => observe_python_end(shared, fut),
-            Err(e) => return e.write_unraisable(py, Some(fut)),
-        }
+    match is_done(fut) {
+        Ok(false) => {}
+        // Python ended the future and the guard's callback has not run yet (default mode), or
+        // something bypassed the cooperative `cancel()`: feed its `Cancel` now; the outcome is
+        // then dropped (C7, never set twice).
+        Ok(true) => observe_python_end(shared, fut),
+        Err(e) => return e.write_unraisable(py, Some(fut)),
     }
     let result = match shared.on(Event::Finish(kind)) {
         Action::Deliver(_) => match outcome {
@@ -161,7 +160,7 @@ where
                 Outcome::Error(e) if kind == state::Outcome::Cancellation => cancel_message(py, e),
                 _ => None,
             });
-            let ended = if target.cooperative {
+            let ended = if matches!(target.mode, CancelMode::Cooperative { .. }) {
                 crate::cooperative::end_cancelled(fut, msg)
             } else {
                 fut.call_method1(intern!(py, "cancel"), (msg,)).map(drop)
@@ -238,9 +237,9 @@ where
 
 /// Done callback of a default-mode crossing's future. When Python ended the future itself
 /// (cancelled it), the crossing's token fires (C3). When the bridge ended it, nothing happens
-/// (invariant 6). The guard lives in the future, which the delivery keeps alive until the
-/// outcome arrives, so its `Drop` fires the token only if the future is torn down unfinished
-/// some other way (its loop's callbacks cleared, for instance).
+/// (invariant 6). The delivery keeps the future alive until the outcome arrives, so the guard's
+/// `Drop` matters only when the callback could not be added or never runs; then it stops the
+/// producer unless the crossing has ended.
 #[pyclass(frozen, module = "pyo3_async_bridge")]
 struct CrossingGuard {
     shared: Arc<Shared>,
@@ -263,30 +262,34 @@ impl Drop for CrossingGuard {
 /// Runs `fut` to its [`Outcome`], with panics caught (C2).
 ///
 /// # Cancellation
-/// [`CancelMode::Drop`]: `fut` is dropped as soon as the token fires. Cooperative: `fut` runs
-/// on after the token fired, until it finishes or the grace period (if any) runs out (C3).
-/// Either way `fut` is dropped here, inside the caller's scope.
+/// `fut` is dropped when the machine says `Stop`: at once after a Python cancel in
+/// [`CancelMode::Drop`]; in cooperative mode only when the grace period, which starts with the
+/// machine's `Signal`, runs out (C3). Either way `fut` is dropped here, inside the caller's
+/// scope. Tokens handed to user code are children, so their `cancel()` changes nothing here.
 pub(crate) async fn drive<F, T>(shared: Arc<Shared>, mode: CancelMode, fut: F) -> Outcome<T>
 where
     F: Future<Output = PyResult<T>>,
 {
     use futures::FutureExt;
     let guarded = std::panic::AssertUnwindSafe(fut).catch_unwind();
-    let stop = async {
-        shared.token().cancelled().await;
-        if let CancelMode::Cooperative { grace } = mode {
-            match grace {
-                Some(grace) => ::tokio::time::sleep(grace).await,
-                None => std::future::pending().await,
-            }
-            // Out of time: the future is dropped whatever the machine's phase (if the crossing
-            // ended meanwhile, nobody wants the outcome anyway).
+    let grace_timer = async {
+        if let CancelMode::Cooperative { grace: Some(grace) } = mode {
+            shared.signal_token().cancelled().await;
+            ::tokio::time::sleep(grace).await;
+            // `Stop` (the machine still waits for this producer) fires the stop token below.
             let _ = shared.on(Event::GraceExpired);
+        }
+        std::future::pending::<()>().await
+    };
+    let stopped = async {
+        ::tokio::select! {
+            () = shared.stop_token().cancelled() => {}
+            () = grace_timer => {}
         }
     };
     ::tokio::select! {
         biased;
-        () = stop => Outcome::Cancelled,
+        () = stopped => Outcome::Cancelled,
         r = guarded => match r {
             Ok(Ok(v)) => Outcome::Value(v),
             Ok(Err(e)) => Outcome::Error(e),

@@ -21,11 +21,13 @@ pub use ::tokio::task::JoinHandle;
     static CANCEL: CancelScope;
 }
 
-/// The cancellation side of the crossing a task runs in: its token (a child token in tasks
-/// made by [`spawn`]) and the crossing's cell, which holds the reason.
+/// The cancellation side of the crossing a task runs in: the token user code sees (a child of
+/// the crossing's signal token; in tasks made by [`spawn`], a child of the parent's), the stop
+/// token that drops tasks made by [`spawn`], and the crossing's cell, which holds the reason.
 #[derive(Clone)]
 struct CancelScope {
     token: CancellationToken,
+    stop: CancellationToken,
     shared: Arc<Shared>,
 }
 
@@ -121,8 +123,9 @@ where
 /// Like [`future_into_py`] with explicit `locals`.
 ///
 /// # Cancellation
-/// Cancelling the returned future, or dropping every reference to it before it is done, fires
-/// the crossing's token and drops the Rust future on a runtime thread, inside its scope (C3).
+/// Cancelling the returned future fires the crossing's token and drops the Rust future on a
+/// runtime thread, inside its scope (C3). Like an asyncio task, the crossing runs on when every
+/// reference to its future is dropped.
 ///
 /// # Errors
 /// `TypeError` when `locals` does not hold a usable event loop.
@@ -186,7 +189,8 @@ where
     };
     let (py_fut, crossing) = new_crossing(py, &locals, options.cancel)?;
     let cancel = CancelScope {
-        token: crossing.shared.token().clone(),
+        token: crossing.shared.signal_token().child_token(),
+        stop: crossing.shared.stop_token().child_token(),
         shared: Arc::clone(&crossing.shared),
     };
     let task = scope(
@@ -199,12 +203,15 @@ where
 }
 
 /// The cancellation token of the crossing the current task runs in: it fires when Python
-/// cancels the future awaiting this task, or drops it unfinished (C3). In a task made by
-/// [`spawn`], a child token of it. `None` outside any crossing.
+/// cancels the future awaiting this task (C3), in either [`CancelMode`]: in cooperative mode it
+/// is the signal to clean up. In a task made by [`spawn`], a child token of it. `None` outside
+/// any crossing.
 ///
 /// The token does not fire when the crossing completes: work spawned from it may outlive it.
-/// Cancelling it from Rust cancels a default-mode crossing like a Python cancel would: the future
-/// is dropped and the Python awaiter sees `CancelledError`.
+/// It is a child of the crossing's own token, so cancelling it from Rust affects only it and
+/// its children, never the crossing (whose state machine alone decides; SPEC rule S).
+///
+/// [`CancelMode`]: crate::CancelMode
 pub fn cancellation_token() -> Option<CancellationToken> {
     CANCEL.try_with(|c| c.token.clone()).ok()
 }
@@ -218,9 +225,13 @@ pub fn cancellation_reason() -> Option<String> {
 /// Spawns `fut` on the bridge's runtime ([`get_runtime`]) carrying the current crossing: the
 /// same [`TaskLocals`] scope (C1) and a child of its cancellation token (C6).
 ///
-/// The handle resolves to `None` when the crossing was cancelled before `fut` finished; `fut`
-/// is then dropped, inside the scope. A plain `tokio::spawn` carries neither the locals nor the
-/// token: its future sees no crossing and runs on when the crossing is cancelled.
+/// The handle resolves to `None` when the crossing was stopped before `fut` finished; `fut` is
+/// then dropped, inside the scope. "Stopped" means what drops the crossing's own future: a
+/// Python cancel in [`CancelMode::Drop`](crate::CancelMode::Drop), the grace period running out
+/// in cooperative mode. During a cooperative cleanup, `spawn` still works (a flush spawned
+/// after the signal runs), and [`cancellation_token`] inside the task has fired, so it can
+/// cooperate too. A plain `tokio::spawn` carries neither the locals nor the tokens: its future
+/// sees no crossing and runs on when the crossing is cancelled.
 ///
 /// Outside any crossing this is `get_runtime().spawn`, with the current locals if a [`scope`]
 /// is active.
@@ -248,21 +259,22 @@ where
     let cancel = CANCEL
         .try_with(|c| CancelScope {
             token: c.token.child_token(),
+            stop: c.stop.child_token(),
             shared: Arc::clone(&c.shared),
         })
         .ok();
     let runtime = get_runtime();
     match (locals, cancel) {
         (Some(locals), Some(cancel)) => {
-            let token = cancel.token.clone();
+            let stop = cancel.stop.clone();
             runtime.spawn(scope(
                 locals,
-                CANCEL.scope(cancel, token.run_until_cancelled_owned(fut)),
+                CANCEL.scope(cancel, stop.run_until_cancelled_owned(fut)),
             ))
         }
         (None, Some(cancel)) => {
-            let token = cancel.token.clone();
-            runtime.spawn(CANCEL.scope(cancel, token.run_until_cancelled_owned(fut)))
+            let stop = cancel.stop.clone();
+            runtime.spawn(CANCEL.scope(cancel, stop.run_until_cancelled_owned(fut)))
         }
         (Some(locals), None) => runtime.spawn(scope(locals, async move { Some(fut.await) })),
         (None, None) => runtime.spawn(async move { Some(fut.await) }),

@@ -545,3 +545,67 @@ fn c3_cooperative_crossing_without_cancel_delivers_its_value() {
         Ok(())
     });
 }
+
+/// Rule S: only the machine fires a crossing's tokens. A Rust future that cancels the token it
+/// got (a child) neither drops itself nor cancels the crossing, in any mode, and the grace
+/// timer does not start: the value arrives.
+#[test]
+fn c3_cancelling_the_handed_out_token_never_cancels_the_crossing() {
+    for mode in [
+        CancelMode::Drop,
+        CancelMode::Cooperative { grace: None },
+        CancelMode::Cooperative {
+            grace: Some(Duration::from_millis(20)),
+        },
+    ] {
+        with_loop(|py, event_loop| {
+            let options = IntoPyOptions::new()
+                .locals(common::locals_for(event_loop)?)
+                .cancel_mode(mode);
+            let fut =
+                pyo3_async_bridge::tokio::future_into_py_with_options(py, options, async move {
+                    let token = cancellation_token().expect("inside a crossing");
+                    token.cancel();
+                    assert!(token.is_cancelled());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Ok(7_i64)
+                })?;
+            let got = common::run_bounded(event_loop, &fut).and_then(|v| v.extract::<i64>());
+            assert_eq!(got.map_err(|e| e.to_string()), Ok(7), "{mode:?}");
+            Ok(())
+        });
+    }
+}
+
+/// C3, cooperative: cleanup may fan out through the bridge's `spawn`. A flush spawned after
+/// the signal runs to its end (its handle yields `Some`), and the Python future still ends
+/// cancelled once the cleanup is done.
+#[test]
+fn c3_cooperative_cleanup_can_spawn_work_that_runs_to_its_end() {
+    with_loop(|py, event_loop| {
+        let (tx, rx) = mpsc::channel();
+        let options = IntoPyOptions::new()
+            .locals(common::locals_for(event_loop)?)
+            .cancel_mode(CancelMode::Cooperative { grace: None });
+        let (started_tx, started) = mpsc::channel();
+        let fut = pyo3_async_bridge::tokio::future_into_py_with_options(py, options, async move {
+            let token = cancellation_token().expect("inside a crossing");
+            let _ = started_tx.send(());
+            token.cancelled().await;
+            let flush = spawn(async {
+                let child_token = cancellation_token().expect("the child carries the crossing");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                (child_token.is_cancelled(), "flushed")
+            });
+            let _ = tx.send(flush.await.ok().flatten());
+            Ok(())
+        })?;
+        common::wait_detached(py, started, "the cooperative crossing never started");
+        assert!(fut.call_method1("cancel", ("stop",))?.is_truthy()?);
+        let err = common::run_bounded(event_loop, &fut).expect_err("must end cancelled");
+        assert!(err.is_instance_of::<CancelledError>(py), "{err}");
+        let flushed = common::wait_detached(py, rx, "the cleanup never reported");
+        assert_eq!(flushed, Some((true, "flushed")));
+        Ok(())
+    });
+}

@@ -505,3 +505,41 @@ fn c5_is_cancellation_on_errors_made_in_rust() {
         ));
     });
 }
+
+const BAD_FUTURE: &std::ffi::CStr = c"
+import asyncio
+
+class NoCallbacks(asyncio.Future):
+    def add_done_callback(self, *args, **kwargs):
+        raise RuntimeError('no callbacks here')
+";
+
+/// An awaitable that refuses the completer (`add_done_callback` raises): the `PyFuture` gets
+/// that error at once instead of hanging or reporting a vague drop (C7), and the task it held
+/// is released on the loop thread: detaching it afterwards from a thread that is not attached
+/// drops no Python reference there (A1; `make test-nopool` aborts if it did).
+#[test]
+fn c4_awaitable_refusing_the_completer_fails_the_py_future_and_releases_it_attached() {
+    for detach in [false, true] {
+        with_loop(|py, event_loop| {
+            let module = PyModule::from_code(py, BAD_FUTURE, c"bad_future.py", c"bad_future")?;
+            let kwargs = PyDict::new(py);
+            kwargs.set_item("loop", event_loop)?;
+            let bad = module.getattr("NoCallbacks")?.call((), Some(&kwargs))?;
+            let locals = common::locals_for(event_loop)?;
+            // Not on the loop thread while it runs: the start is queued.
+            let fut = into_future_with_locals(&locals, bad)?;
+            let sleep = py.import("asyncio")?.call_method1("sleep", (0.01,))?;
+            common::run_bounded(event_loop, &sleep)?;
+            if detach {
+                py.detach(|| std::thread::spawn(move || fut.detach()).join())
+                    .expect("detach panicked");
+            } else {
+                let got = py.detach(|| get_runtime().block_on(fut));
+                let err = got.expect_err("the PyFuture must fail");
+                assert!(err.to_string().contains("no callbacks here"), "{err}");
+            }
+            Ok(())
+        });
+    }
+}
