@@ -103,7 +103,12 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(machine: Crossing) -> Self {
         let stop = CancellationToken::new();
-        let signal = stop.child_token();
+        // In `Mode::Drop` the machine never answers `Signal`: one token serves both (and a
+        // crossing costs one token node, not two).
+        let signal = match machine.mode() {
+            Mode::Drop => stop.clone(),
+            Mode::Cooperative => stop.child_token(),
+        };
         Shared {
             machine: Mutex::new(machine),
             stop,

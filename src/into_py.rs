@@ -54,23 +54,28 @@ pub(crate) fn new_crossing<'py>(
     let queue = Arc::clone(locals.queue(py)?);
     let shared = Arc::new(Shared::new(state::Crossing::running(mode.machine_mode())));
     let event_loop = locals.event_loop(py);
-    let py_fut = match mode {
+    let (py_fut, guard) = match mode {
         CancelMode::Drop => {
             let fut = event_loop.call_method0(intern!(py, "create_future"))?;
-            let guard = CrossingGuard {
-                shared: Arc::clone(&shared),
-            };
-            fut.call_method1(intern!(py, "add_done_callback"), (guard,))?;
-            fut
+            let guard = Py::new(
+                py,
+                CrossingGuard {
+                    shared: Arc::clone(&shared),
+                },
+            )?;
+            fut.call_method1(intern!(py, "add_done_callback"), (&guard,))?;
+            (fut, Some(guard))
         }
-        CancelMode::Cooperative { .. } => {
-            crate::cooperative::new_future(&event_loop, Arc::clone(&shared))?
-        }
+        CancelMode::Cooperative { .. } => (
+            crate::cooperative::new_future(&event_loop, Arc::clone(&shared))?,
+            None,
+        ),
     };
     let delivery = Delivery {
         queue,
         target: Some(Target {
             fut: py_fut.clone().unbind(),
+            guard,
             shared: Arc::clone(&shared),
             mode,
             _locals: locals.clone(),
@@ -83,6 +88,9 @@ pub(crate) fn new_crossing<'py>(
 struct Target {
     /// The future; released on the loop thread with the rest.
     fut: Py<PyAny>,
+    /// Default mode: the future's done callback, taken off again before the bridge ends the
+    /// future itself (one scheduled callback less per crossing).
+    guard: Option<Py<CrossingGuard>>,
     shared: Arc<Shared>,
     mode: CancelMode,
     /// Released on the loop thread with the rest.
@@ -137,12 +145,22 @@ where
     };
     let shared = &target.shared;
     let fut = target.fut.bind(py);
-    match is_done(fut) {
-        Ok(false) => {}
-        // Python ended the future and the guard's callback has not run yet (default mode), or
-        // something bypassed the cooperative `cancel()`: feed its `Cancel` now; the outcome is
-        // then dropped (C7, never set twice).
-        Ok(true) => observe_python_end(shared, fut),
+    // Is the future still pending? Default mode asks by taking the guard off: a done future
+    // has already handed its callbacks to the loop, so nothing is removed. Cooperative mode
+    // asks `done()` (only a bypassed `cancel()` can have ended it).
+    let pending = match &target.guard {
+        Some(guard) => fut
+            .call_method1(intern!(py, "remove_done_callback"), (guard,))
+            .and_then(|n| n.extract::<usize>())
+            .map(|removed| removed > 0),
+        None => is_done(fut).map(|done| !done),
+    };
+    match pending {
+        Ok(true) => {}
+        // Python ended the future and the guard's callback has not run yet, or something
+        // bypassed the cooperative `cancel()`: feed its `Cancel` now; the outcome is then
+        // dropped (C7, never set twice).
+        Ok(false) => observe_python_end(shared, fut),
         Err(e) => return e.write_unraisable(py, Some(fut)),
     }
     let result = match shared.on(Event::Finish(kind)) {
@@ -272,28 +290,30 @@ where
 {
     use futures::FutureExt;
     let guarded = std::panic::AssertUnwindSafe(fut).catch_unwind();
-    let grace_timer = async {
-        if let CancelMode::Cooperative { grace: Some(grace) } = mode {
-            shared.signal_token().cancelled().await;
-            ::tokio::time::sleep(grace).await;
-            // `Stop` (the machine still waits for this producer) fires the stop token below.
-            let _ = shared.on(Event::GraceExpired);
+    let finished = match mode {
+        CancelMode::Drop | CancelMode::Cooperative { grace: None } => {
+            shared.stop_token().run_until_cancelled(guarded).await
         }
-        std::future::pending::<()>().await
-    };
-    let stopped = async {
-        ::tokio::select! {
-            () = shared.stop_token().cancelled() => {}
-            () = grace_timer => {}
+        CancelMode::Cooperative { grace: Some(grace) } => {
+            let grace_timer = async {
+                shared.signal_token().cancelled().await;
+                ::tokio::time::sleep(grace).await;
+                // `Stop` (the machine still waits for this producer) fires the stop token.
+                let _ = shared.on(Event::GraceExpired);
+                std::future::pending::<()>().await
+            };
+            ::tokio::select! {
+                biased;
+                () = shared.stop_token().cancelled() => None,
+                () = grace_timer => None,
+                r = guarded => Some(r),
+            }
         }
     };
-    ::tokio::select! {
-        biased;
-        () = stopped => Outcome::Cancelled,
-        r = guarded => match r {
-            Ok(Ok(v)) => Outcome::Value(v),
-            Ok(Err(e)) => Outcome::Error(e),
-            Err(payload) => Outcome::Panic(panic_message(&*payload)),
-        },
+    match finished {
+        None => Outcome::Cancelled,
+        Some(Ok(Ok(v))) => Outcome::Value(v),
+        Some(Ok(Err(e))) => Outcome::Error(e),
+        Some(Err(payload)) => Outcome::Panic(panic_message(&*payload)),
     }
 }

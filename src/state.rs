@@ -143,6 +143,11 @@ impl Crossing {
         }
     }
 
+    /// How the producer reacts to a cancel.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
     /// Where the crossing stands.
     pub fn phase(&self) -> Phase {
         self.phase

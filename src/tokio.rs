@@ -21,14 +21,49 @@ pub use ::tokio::task::JoinHandle;
     static CANCEL: CancelScope;
 }
 
-/// The cancellation side of the crossing a task runs in: the token user code sees (a child of
-/// the crossing's signal token; in tasks made by [`spawn`], a child of the parent's), the stop
-/// token that drops tasks made by [`spawn`], and the crossing's cell, which holds the reason.
+/// The cancellation side of the crossing a task runs in: the crossing's cell (machine, tokens,
+/// reason) and, in tasks made by [`spawn`], the child tokens made for that task. A crossing's
+/// own future makes its child tokens only when asked ([`cancellation_token`], [`spawn`]), so a
+/// crossing that never asks costs no token node beyond its own.
 #[derive(Clone)]
 struct CancelScope {
-    token: CancellationToken,
-    stop: CancellationToken,
     shared: Arc<Shared>,
+    /// `Some((token, stop))` in a spawned task: the token user code sees and the one that drops
+    /// the task. `None` in the crossing's own future: children of the crossing's tokens.
+    spawned: Option<(CancellationToken, CancellationToken)>,
+}
+
+impl CancelScope {
+    /// The token user code sees: never one the machine fires itself (rule S).
+    fn user_token(&self) -> CancellationToken {
+        match &self.spawned {
+            Some((token, _)) => token.clone(),
+            None => self.shared.signal_token().child_token(),
+        }
+    }
+
+    /// The token that drops a spawned task (only called on a scope made by [`Self::child`]).
+    fn stop(&self) -> CancellationToken {
+        match &self.spawned {
+            Some((_, stop)) => stop.clone(),
+            None => self.shared.stop_token().child_token(),
+        }
+    }
+
+    /// The scope of a task spawned from this one.
+    fn child(&self) -> CancelScope {
+        let (token, stop) = match &self.spawned {
+            Some((token, stop)) => (token.child_token(), stop.child_token()),
+            None => (
+                self.shared.signal_token().child_token(),
+                self.shared.stop_token().child_token(),
+            ),
+        };
+        CancelScope {
+            shared: Arc::clone(&self.shared),
+            spawned: Some((token, stop)),
+        }
+    }
 }
 
 static BUILDER: Mutex<Option<Builder>> = Mutex::new(None);
@@ -189,9 +224,8 @@ where
     };
     let (py_fut, crossing) = new_crossing(py, &locals, options.cancel)?;
     let cancel = CancelScope {
-        token: crossing.shared.signal_token().child_token(),
-        stop: crossing.shared.stop_token().child_token(),
         shared: Arc::clone(&crossing.shared),
+        spawned: None,
     };
     let task = scope(
         locals,
@@ -213,7 +247,7 @@ where
 ///
 /// [`CancelMode`]: crate::CancelMode
 pub fn cancellation_token() -> Option<CancellationToken> {
-    CANCEL.try_with(|c| c.token.clone()).ok()
+    CANCEL.try_with(CancelScope::user_token).ok()
 }
 
 /// The message Python passed to `cancel(msg)` on the current crossing's future, once it has
@@ -256,24 +290,18 @@ where
     F::Output: Send + 'static,
 {
     let locals = TASK_LOCALS.try_with(TaskLocals::clone).ok();
-    let cancel = CANCEL
-        .try_with(|c| CancelScope {
-            token: c.token.child_token(),
-            stop: c.stop.child_token(),
-            shared: Arc::clone(&c.shared),
-        })
-        .ok();
+    let cancel = CANCEL.try_with(CancelScope::child).ok();
     let runtime = get_runtime();
     match (locals, cancel) {
         (Some(locals), Some(cancel)) => {
-            let stop = cancel.stop.clone();
+            let stop = cancel.stop();
             runtime.spawn(scope(
                 locals,
                 CANCEL.scope(cancel, stop.run_until_cancelled_owned(fut)),
             ))
         }
         (None, Some(cancel)) => {
-            let stop = cancel.stop.clone();
+            let stop = cancel.stop();
             runtime.spawn(CANCEL.scope(cancel, stop.run_until_cancelled_owned(fut)))
         }
         (Some(locals), None) => runtime.spawn(scope(locals, async move { Some(fut.await) })),
