@@ -191,8 +191,10 @@ pub fn is_cancellation(py: Python<'_>, err: &PyErr) -> bool {
     crate::py::cancelled_error(py).is_ok_and(|t| err.is_instance(py, t))
 }
 
-/// The message a `CancelledError` carries (`cancel(msg)`), if it is a string.
+/// The message a `CancelledError` carries (`cancel(msg)`), as a string (`str(msg)`, as the
+/// cooperative future records it too), if it has one.
 pub(crate) fn cancel_message(py: Python<'_>, err: &PyErr) -> Option<String> {
     let args = err.value(py).getattr(pyo3::intern!(py, "args")).ok()?;
-    args.get_item(0).ok()?.extract::<String>().ok()
+    let msg = args.get_item(0).ok().filter(|m| !m.is_none())?;
+    Some(msg.str().ok()?.to_string_lossy().into_owned())
 }

@@ -10,13 +10,12 @@
 //! still runs, and a coroutine whose task never started is closed (C4).
 
 use crate::cancel::{is_cancellation, DROP_CANCEL_MESSAGE};
-use crate::err::describe;
 use crate::err::BridgeError;
 use crate::locals::TaskLocals;
 use crate::queue::LoopQueue;
 use crate::state::{self, Action, Event, Mode, Phase};
+use crate::task::{check_awaitable, create_task, discard, is_coroutine};
 use futures::channel::oneshot;
-use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use std::future::Future;
@@ -36,6 +35,8 @@ type Sender = oneshot::Sender<PyResult<Py<PyAny>>>;
 /// `except CancelledError` blocks run (C4). This covers `tokio::time::timeout`, the losers of
 /// `select!`, a cancelled outer crossing and a `PyFuture` that was never polled. A coroutine
 /// whose task has not started yet is closed instead. [`PyFuture::detach`] lets the task run on.
+/// An asyncio future or task handed to `into_future` is the task here: dropping the `PyFuture`
+/// cancels it for every other awaiter too (detach when it is shared).
 ///
 /// If the task is cancelled (or raises `CancelledError`), the `PyFuture` resolves to that
 /// error; [`is_cancellation`](crate::is_cancellation) tells it apart from other errors (C5).
@@ -187,23 +188,6 @@ pub fn into_future_with_locals(
     Ok(PyFuture { rx, link, queue })
 }
 
-/// For objects that are not coroutines: futures, tasks, `__await__` and generator-based
-/// coroutines pass.
-fn check_awaitable(obj: &Bound<'_, PyAny>) -> PyResult<()> {
-    let py = obj.py();
-    if obj.hasattr(intern!(py, "__await__"))?
-        || crate::py::isawaitable(py)?.call1((obj,))?.is_truthy()?
-    {
-        Ok(())
-    } else {
-        Err(BridgeError::NotAwaitable(describe(obj)).into())
-    }
-}
-
-fn is_coroutine(obj: &Bound<'_, PyAny>) -> bool {
-    crate::py::coroutine_type(obj.py()).is_ok_and(|t| obj.get_type().is(t))
-}
-
 /// Loop thread: creates the task, holds it in the link and hooks its completion to the
 /// completer. A `PyFuture` dropped before this runs means the awaitable never starts (C4).
 fn start(
@@ -248,67 +232,6 @@ fn start(
             completer.send(py, Err(e));
         }
     }
-}
-
-/// Loop thread: an awaitable whose `PyFuture` was dropped before it started. A coroutine is
-/// closed (no "coroutine was never awaited"); a future or task is cancelled, as it would have
-/// been had it started (C4).
-fn discard(awaitable: &Bound<'_, PyAny>, is_coro: bool) {
-    let py = awaitable.py();
-    let result = if is_coro {
-        awaitable.call_method0(intern!(py, "close")).map(drop)
-    } else if awaitable.hasattr(intern!(py, "cancel")).unwrap_or(false) {
-        awaitable
-            .call_method1(intern!(py, "cancel"), (DROP_CANCEL_MESSAGE,))
-            .map(drop)
-    } else {
-        Ok(())
-    };
-    if let Err(e) = result {
-        e.write_unraisable(py, Some(awaitable));
-    }
-}
-
-/// `ctx.run(loop.create_task, coro)`: the task copies `ctx` at creation (C8).
-fn create_task<'py>(
-    locals: &TaskLocals,
-    awaitable: Bound<'py, PyAny>,
-    is_coro: bool,
-) -> PyResult<Bound<'py, PyAny>> {
-    let py = awaitable.py();
-    let event_loop = locals.event_loop(py);
-    let ctx = locals.context(py);
-    // `start` runs on the loop thread while the loop runs, so `ensure_future` (for futures
-    // and other awaitables) picks this very loop.
-    let starter = if is_coro {
-        event_loop.getattr(intern!(py, "create_task"))?
-    } else {
-        crate::py::ensure_future(py)?.clone()
-    };
-    let run = |ctx: &Bound<'py, PyAny>| -> PyResult<Bound<'py, PyAny>> {
-        if ctx.is_none() {
-            starter.call1((&awaitable,))
-        } else {
-            ctx.call_method1(intern!(py, "run"), (&starter, &awaitable))
-        }
-    };
-    match run(&ctx) {
-        // `ctx` is entered right now (a synchronous call inside the same crossing): run in a
-        // copy instead, which is what the task would see anyway. Any other error stands.
-        Err(e) if !ctx.is_none() && is_context_entered_error(py, &e) => {
-            let copy = ctx.call_method0(intern!(py, "copy"))?;
-            run(&copy)
-        }
-        other => other,
-    }
-}
-
-/// `Context.run` on a context that is already entered raises this `RuntimeError`.
-fn is_context_entered_error(py: Python<'_>, e: &PyErr) -> bool {
-    e.is_instance_of::<PyRuntimeError>(py)
-        && e.value(py)
-            .str()
-            .is_ok_and(|m| m.to_string_lossy().contains("already entered"))
 }
 
 /// Done callback of the task a [`PyFuture`] awaits. Loop thread.

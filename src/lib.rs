@@ -41,6 +41,7 @@ mod registry;
 /// stable API.
 #[doc(hidden)]
 pub mod state;
+mod task;
 #[cfg(feature = "tokio-runtime")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio-runtime")))]
 pub mod tokio;
