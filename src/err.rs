@@ -36,6 +36,13 @@ pub enum BridgeError {
     /// The Python awaitable went away without completing (its loop closed or it was collected).
     #[error("the Python awaitable was dropped before it completed (was its event loop closed?)")]
     AwaitableDropped,
+    /// The interpreter is exiting: the bridge's `atexit` hook has run (rule L3).
+    #[error(
+        "the Python interpreter is exiting: pyo3-async-bridge starts no new crossing once its \
+         atexit hook has run (finish async work before interpreter shutdown, e.g. before \
+         asyncio.run returns)"
+    )]
+    Exiting,
 }
 
 impl From<BridgeError> for PyErr {
@@ -45,9 +52,10 @@ impl From<BridgeError> for PyErr {
                 PyTypeError::new_err(e.to_string())
             }
             BridgeError::Panic(msg) => RustPanic::new_err(msg),
-            BridgeError::NoRunningLoop | BridgeError::Abandoned | BridgeError::AwaitableDropped => {
-                PyRuntimeError::new_err(e.to_string())
-            }
+            BridgeError::NoRunningLoop
+            | BridgeError::Abandoned
+            | BridgeError::AwaitableDropped
+            | BridgeError::Exiting => PyRuntimeError::new_err(e.to_string()),
         }
     }
 }

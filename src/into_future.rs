@@ -156,6 +156,17 @@ pub fn into_future_with_locals(
 ) -> PyResult<PyFuture> {
     let py = awaitable.py();
     let is_coro = is_coroutine(&awaitable);
+    // L3: no new crossing once the interpreter exits; the frame is counted until it returns.
+    let _entry = match crate::exit::enter() {
+        Ok(entry) => entry,
+        Err(e) => {
+            if is_coro {
+                // Never started: closing it runs none of its code.
+                let _ = awaitable.call_method0(intern!(py, "close"));
+            }
+            return Err(e.into());
+        }
+    };
     if !is_coro {
         check_awaitable(&awaitable)?;
     }

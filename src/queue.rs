@@ -179,8 +179,12 @@ pub(crate) struct Drainer {
 
 #[pymethods]
 impl Drainer {
-    /// Loop thread.
+    /// Loop thread. Once the interpreter exits, it returns at once (the jobs stay queued:
+    /// running them could run Python code inside this frame during finalization; L3).
     fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        let Ok(_entry) = crate::exit::enter() else {
+            return Ok(());
+        };
         #[cfg(unix)]
         if let Some(r) = &self.reader {
             use std::io::Read;
@@ -273,6 +277,8 @@ impl LoopQueue {
         reader.set_nonblocking(true).map_err(os_err)?;
         writer.set_nonblocking(true).map_err(os_err)?;
         let fd = reader.as_raw_fd();
+        // Every loop's drains must stop when the interpreter exits (`exit`).
+        register_atexit_hook(py)?;
         let queue = Self::new(Wake::Socket(writer, reader.try_clone().map_err(os_err)?));
         let drainer = Bound::new(
             py,
@@ -296,7 +302,7 @@ impl LoopQueue {
                 reader: None,
             },
         )?;
-        // The waker thread attaches; it must stop doing so when the interpreter exits.
+        // The waker thread attaches, and drains run: both stop when the interpreter exits.
         register_atexit_hook(py)?;
         let call_soon = event_loop.getattr(intern!(py, "call_soon_threadsafe"))?;
         let _ = queue.threadsafe.set((call_soon.unbind(), drainer));

@@ -218,6 +218,8 @@ where
     F: Future<Output = PyResult<T>> + Send + 'static,
     T: for<'py> IntoPyObject<'py> + Send + 'static,
 {
+    // L3: no new crossing once the interpreter exits; the frame is counted until it returns.
+    let _entry = crate::exit::enter()?;
     let locals = match options.locals {
         Some(locals) => locals,
         None => get_current_locals(py)?,
