@@ -16,12 +16,16 @@ PY_LIBDIR := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_config_
 export LD_LIBRARY_PATH := $(PY_LIBDIR)$(if $(LD_LIBRARY_PATH),:$(LD_LIBRARY_PATH))
 PYTEST := $(VENV)/bin/pytest
 PYTEST_ARGS ?=
+# The oldest CPython the project supports: the pytest suite runs on it too (its asyncio and its
+# finalization differ). Found through pyenv or PATH; a missing one fails `make test`.
+PYTHON_OLDEST ?= $(shell for p in $$(pyenv prefix 3.9 2>/dev/null)/bin/python3.9 $$(command -v python3.9); do "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 9)' 2>/dev/null && echo "$$p" && break; done)
+VENV_OLDEST := .venv-oldest
 
-.PHONY: help demo test lint test-rust test-props test-nopool test-python test-python-threadsafe build-ext venv bench
+.PHONY: help demo test lint test-rust test-props test-nopool test-python test-python-threadsafe test-python-oldest build-ext venv bench
 
 help:
 	@echo "make demo   - a runnable tour of the bridge (asserts every step)"
-	@echo "make test   - every suite: fmt, clippy, cargo tests (also without PyO3's reference pool), proptests, pytest under asyncio and uvloop, both wakeup modes"
+	@echo "make test   - every suite: fmt, clippy, cargo tests (also without PyO3's reference pool), proptests, pytest also on CPython 3.9, pytest under asyncio and uvloop, both wakeup modes"
 	@echo "make bench  - benchmarks vs pyo3-async-runtimes, PyO3 async fn and asyncio (release build, ~2-3 min); writes BENCHMARKS.md"
 
 $(VENV)/.installed: Makefile
@@ -61,7 +65,19 @@ test-python: build-ext
 test-python-threadsafe: build-ext
 	cd python-tests && PYO3_ASYNC_BRIDGE_WAKEUP=threadsafe ../$(PYTEST) $(PYTEST_ARGS)
 
-test: lint test-rust test-props test-nopool test-python test-python-threadsafe
+# The same suite on the oldest supported CPython, in its own venv and target directory.
+$(VENV_OLDEST)/.installed: Makefile
+	@test -n "$(PYTHON_OLDEST)" || { echo "CPython 3.9 not found (set PYTHON_OLDEST)"; exit 1; }
+	$(PYTHON_OLDEST) -m venv $(VENV_OLDEST)
+	$(VENV_OLDEST)/bin/pip install -q --disable-pip-version-check 'maturin>=1.7,<2' 'pytest>=8' 'pytest-timeout>=2.3' 'uvloop>=0.19'
+	touch $@
+
+test-python-oldest: $(VENV_OLDEST)/.installed
+	cd python-tests && VIRTUAL_ENV=$(abspath $(VENV_OLDEST)) PYO3_PYTHON=$(abspath $(VENV_OLDEST))/bin/python \
+		CARGO_TARGET_DIR=$(abspath target/oldest) ../$(VENV_OLDEST)/bin/maturin develop --quiet
+	cd python-tests && ../$(VENV_OLDEST)/bin/pytest $(PYTEST_ARGS)
+
+test: lint test-rust test-props test-nopool test-python test-python-threadsafe test-python-oldest
 	@echo "make test: all suites passed"
 
 # Release build of the benchmark extension, then every scenario interleaved across
