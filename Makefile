@@ -41,6 +41,7 @@ demo: venv
 lint: venv
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps -p pyo3-async-bridge
 
 test-rust: venv
 	cargo test -p pyo3-async-bridge

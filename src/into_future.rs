@@ -4,7 +4,7 @@
 //! crossing's context. The task's done callback sends the outcome through a oneshot channel;
 //! the runtime side only ever polls the receiver, so it needs no interpreter.
 //!
-//! The crossing's [`state`](crate::state) machine lives in the [`Link`] that the `PyFuture`
+//! The crossing's [`state`] machine lives in the [`Link`] that the `PyFuture`
 //! and the loop thread share: the task starting, the task finishing, and the `PyFuture` being
 //! dropped or detached all go through it, so a drop cancels the task exactly when the task
 //! still runs, and a coroutine whose task never started is closed (C4).
@@ -31,7 +31,7 @@ type Sender = oneshot::Sender<PyResult<Py<PyAny>>>;
 ///
 /// # Cancellation
 /// Dropping a `PyFuture` before it completes cancels the Python task on its loop with
-/// [`DROP_CANCEL_MESSAGE`](crate::DROP_CANCEL_MESSAGE): its `finally` and
+/// [`DROP_CANCEL_MESSAGE`]: its `finally` and
 /// `except CancelledError` blocks run (C4). This covers `tokio::time::timeout`, the losers of
 /// `select!`, a cancelled outer crossing and a `PyFuture` that was never polled. A coroutine
 /// whose task has not started yet is closed instead. [`PyFuture::detach`] lets the task run on.
@@ -39,7 +39,7 @@ type Sender = oneshot::Sender<PyResult<Py<PyAny>>>;
 /// cancels it for every other awaiter too (detach when it is shared).
 ///
 /// If the task is cancelled (or raises `CancelledError`), the `PyFuture` resolves to that
-/// error; [`is_cancellation`](crate::is_cancellation) tells it apart from other errors (C5).
+/// error; [`is_cancellation`] tells it apart from other errors (C5).
 #[must_use = "dropping a PyFuture cancels its Python task; call `detach()` to let it run"]
 pub struct PyFuture {
     rx: oneshot::Receiver<PyResult<Py<PyAny>>>,

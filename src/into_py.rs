@@ -6,7 +6,7 @@
 //! Like an asyncio task, a crossing is kept alive while its Rust side runs, whether or not
 //! anyone still references its future, so `asyncio.shield(crossing)` protects the work (C6).
 //!
-//! Every event goes through the crossing's [`state`](crate::state) machine in its
+//! Every event goes through the crossing's [`state`] machine in its
 //! [`Shared`] cell: Python cancelling (the [`CrossingGuard`] done callback, or the cooperative
 //! future's `cancel`), the outcome arriving (`settle`), the grace timer (`drive`).
 

@@ -37,8 +37,8 @@ mod locals;
 mod py;
 mod queue;
 mod registry;
-/// The crossing state machine, exported for the property tests (`proptests/`); not part of the
-/// stable API.
+// The crossing state machine: public for the property tests (`proptests/`), hidden from the
+// docs, not part of the stable API.
 #[doc(hidden)]
 pub mod state;
 mod task;
