@@ -5,73 +5,96 @@
 //! runs destructors without the GIL. An asyncio loop running in a daemon thread is exactly such
 //! a thread. So an `atexit` hook, which runs before finalization while daemon threads still run
 //! normally, does three things:
-//! 1. it marks the bridge as exiting: from then on every entry from Python (a crossing, a drain
-//!    of the delivery queue, a task's completion) returns at once, raising a `RuntimeError`
-//!    where it has a caller, so no thread enters a bridge frame again;
+//! 1. it refuses every *new* crossing from then on (`future_into_py*`, `into_future*` raise a
+//!    `RuntimeError`), so a loop that keeps starting crossings fails fast in Python instead of
+//!    running into finalization inside a bridge frame. Crossings already in flight still
+//!    settle: an `atexit` handler may be waiting for one;
 //! 2. it waits, with the GIL released and for at most [`QUIESCE_LIMIT`], until no thread is
-//!    inside a bridge frame, so that finalization never catches one there;
-//! 3. it closes the gate of the bridge's own threads: they never attach again.
+//!    inside a bridge frame entered from Python (a crossing being made, a drain);
+//! 3. it closes the gate of the bridge's own waker thread: it never attaches again.
 //!
-//! What remains the user's: their own `#[pyfunction]` frames and their own `Python::attach` on
-//! other threads during finalization.
+//! What remains: a loop that is still settling crossings begun before the hook when
+//! finalization starts (after every `atexit` handler), the user's own `#[pyfunction]` frames
+//! that run Python code, and their own `Python::attach` on other threads.
 //!
 //! # Deadlock safety
-//! A bridge thread holds the gate across its whole attach, and a bridge frame holds an
-//! [`Entry`] while it runs. The hook runs on the exiting thread with the GIL held, so it
-//! detaches before it waits for either: a thread waiting for the GIL inside a frame or the
-//! gate gets it, finishes, and opens the way. The wait for frames is bounded in any case.
+//! Nothing is held while the hook waits: it counts frames and waker attaches through atomics,
+//! detaches, and waits with a bound. A thread waiting for the GIL inside a frame gets it,
+//! finishes and leaves.
 //!
 //! # No missed entry
-//! An entry increments `ACTIVE` and then reads `EXITING`; the hook sets `EXITING` and then reads
-//! `ACTIVE`, all `SeqCst`. So either the entry sees `EXITING` (and leaves), or the hook sees it
-//! counted (and waits for it).
+//! An entry increments its counter and then reads the flag; the hook sets the flag and then
+//! reads the counter, all `SeqCst`. So either the entry sees the flag (and leaves), or the hook
+//! sees it counted (and waits for it).
+//!
+//! # Fork
+//! A child process starts with every counter at zero and the flags as the parent had them
+//! (`os.register_at_fork`): threads counted in the parent do not exist in the child.
 
 use crate::attach::attach;
 use crate::err::BridgeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// `true` while the bridge's threads may attach.
-static GATE: Mutex<bool> = Mutex::new(true);
-/// Set by the `atexit` hook: no new entry from Python.
+/// Set by the `atexit` hook: no new crossing, and the bridge's own threads no longer attach.
 static EXITING: AtomicBool = AtomicBool::new(false);
 /// Threads inside a bridge frame entered from Python.
 static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+/// Attaches of the bridge's own (waker) thread in progress.
+static WAKER_ACTIVE: AtomicUsize = AtomicUsize::new(0);
 
 /// How long the `atexit` hook waits for threads inside bridge frames.
 pub const QUIESCE_LIMIT: Duration = Duration::from_secs(1);
 
-/// A thread inside a bridge frame entered from Python; see [`enter`].
+/// A thread inside a bridge frame entered from Python; see [`enter`] and [`counted`].
 #[must_use = "the entry lasts as long as this guard"]
-pub(crate) struct Entry(());
+pub(crate) struct Entry(&'static AtomicUsize);
 
 impl Drop for Entry {
     fn drop(&mut self) {
-        ACTIVE.fetch_sub(1, Ordering::SeqCst);
+        // Saturating: a fork child reset the counter under a frame of the forking thread.
+        let _ = self
+            .0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
     }
 }
 
-/// Attached thread, at the top of a bridge frame entered from Python: `Err` once the
+/// Counts this thread in `counter` unless the interpreter exits (see "No missed entry").
+fn try_enter(counter: &'static AtomicUsize) -> Option<Entry> {
+    counter.fetch_add(1, Ordering::SeqCst);
+    let entry = Entry(counter);
+    if EXITING.load(Ordering::SeqCst) {
+        return None; // `entry` is dropped: uncounted again.
+    }
+    Some(entry)
+}
+
+/// Attached thread, at the top of a frame that starts a new crossing: `Err` once the
 /// interpreter is exiting (L3). Cheap: two uncontended atomics.
 pub(crate) fn enter() -> Result<Entry, BridgeError> {
+    try_enter(&ACTIVE).ok_or(BridgeError::Exiting)
+}
+
+/// Attached thread, at the top of a frame that serves crossings already in flight (a drain):
+/// counted for the hook's wait, never refused.
+pub(crate) fn counted() -> Entry {
     ACTIVE.fetch_add(1, Ordering::SeqCst);
-    if EXITING.load(Ordering::SeqCst) {
-        ACTIVE.fetch_sub(1, Ordering::SeqCst);
-        return Err(BridgeError::Exiting);
-    }
-    Ok(Entry(()))
+    Entry(&ACTIVE)
 }
 
 /// Bridge thread (never a runtime thread): runs `f` attached, unless the interpreter exits.
 pub(crate) fn attach_unless_exiting<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Option<R> {
-    let open = GATE.lock().unwrap_or_else(PoisonError::into_inner);
-    if *open {
-        Some(attach(f))
-    } else {
-        None
+    let _entry = try_enter(&WAKER_ACTIVE)?;
+    Some(attach(f))
+}
+
+/// Waits, at most until `deadline`, for `counter` to reach zero. Detached.
+fn wait_for_zero(counter: &AtomicUsize, deadline: Instant) {
+    // Nothing signals the last exit from a frame; a short poll, once per process.
+    while counter.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -81,21 +104,31 @@ fn quiesce_bridge(py: Python<'_>) {
     EXITING.store(true, Ordering::SeqCst);
     py.detach(|| {
         let deadline = Instant::now() + QUIESCE_LIMIT;
-        // Nothing signals the last exit from a frame; a short poll, once per process.
-        while ACTIVE.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        *GATE.lock().unwrap_or_else(PoisonError::into_inner) = false;
+        wait_for_zero(&ACTIVE, deadline);
+        wait_for_zero(&WAKER_ACTIVE, deadline);
     });
 }
 
-/// Registers the `atexit` hook once per process. Attached.
+/// `os.register_at_fork(after_in_child=...)`: the threads the counters counted are gone.
+#[pyfunction]
+fn reset_after_fork() {
+    ACTIVE.store(0, Ordering::SeqCst);
+    WAKER_ACTIVE.store(0, Ordering::SeqCst);
+}
+
+/// Registers the `atexit` hook (and the fork reset) once per process. Attached.
 pub(crate) fn register_atexit_hook(py: Python<'_>) -> PyResult<()> {
     static REGISTERED: PyOnceLock<()> = PyOnceLock::new();
     REGISTERED
         .get_or_try_init(py, || {
             let hook = wrap_pyfunction!(quiesce_bridge, py)?;
             py.import("atexit")?.call_method1("register", (hook,))?;
+            let os = py.import("os")?;
+            if os.hasattr("register_at_fork")? {
+                let kwargs = pyo3::types::PyDict::new(py);
+                kwargs.set_item("after_in_child", wrap_pyfunction!(reset_after_fork, py)?)?;
+                os.call_method("register_at_fork", (), Some(&kwargs))?;
+            }
             Ok::<_, PyErr>(())
         })
         .map(|_| ())

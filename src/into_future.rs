@@ -160,10 +160,7 @@ pub fn into_future_with_locals(
     let _entry = match crate::exit::enter() {
         Ok(entry) => entry,
         Err(e) => {
-            if is_coro {
-                // Never started: closing it runs none of its code.
-                let _ = awaitable.call_method0(intern!(py, "close"));
-            }
+            crate::task::refuse(&awaitable);
             return Err(e.into());
         }
     };

@@ -179,12 +179,10 @@ pub(crate) struct Drainer {
 
 #[pymethods]
 impl Drainer {
-    /// Loop thread. Once the interpreter exits, it returns at once (the jobs stay queued:
-    /// running them could run Python code inside this frame during finalization; L3).
+    /// Loop thread. Counted for the `atexit` hook's wait (L3), never refused: crossings in
+    /// flight still settle during exit.
     fn __call__(&self, py: Python<'_>) -> PyResult<()> {
-        let Ok(_entry) = crate::exit::enter() else {
-            return Ok(());
-        };
+        let _entry = crate::exit::counted();
         #[cfg(unix)]
         if let Some(r) = &self.reader {
             use std::io::Read;

@@ -86,3 +86,11 @@ fn is_context_entered_error(py: Python<'_>, e: &PyErr) -> bool {
             .str()
             .is_ok_and(|m| m.to_string_lossy().contains("already entered"))
 }
+
+/// An awaitable refused before it became a crossing: a coroutine is closed (it never ran, so
+/// closing runs none of its code), never left un-awaited.
+pub(crate) fn refuse(awaitable: &Bound<'_, PyAny>) {
+    if is_coroutine(awaitable) {
+        let _ = awaitable.call_method0(intern!(awaitable.py(), "close"));
+    }
+}

@@ -152,7 +152,7 @@ where
     F: Future<Output = PyResult<T>> + Send + 'static,
     T: for<'py> IntoPyObject<'py> + Send + 'static,
 {
-    future_into_py_with_locals(py, get_current_locals(py)?, fut)
+    future_into_py_with_options(py, IntoPyOptions::new(), fut)
 }
 
 /// Like [`future_into_py`] with explicit `locals`.
@@ -316,6 +316,14 @@ where
 /// # Errors
 /// `TypeError` when `awaitable` is not awaitable, `RuntimeError` with no loop (C9).
 pub fn into_future(awaitable: Bound<'_, PyAny>) -> PyResult<PyFuture> {
+    // L3: refused before the loop is even looked up (registering a loop runs Python code).
+    let _entry = match crate::exit::enter() {
+        Ok(entry) => entry,
+        Err(e) => {
+            crate::task::refuse(&awaitable);
+            return Err(e.into());
+        }
+    };
     let locals = get_current_locals(awaitable.py())?;
     into_future_with_locals(&locals, awaitable)
 }

@@ -23,7 +23,7 @@ import textwrap
 
 import pytest
 
-from conftest import LOOP_KINDS
+from conftest import LOOP_KINDS, THREADSAFE_WAKEUP
 
 #: Runs per scenario and loop kind: the daemon-thread crash it guards against showed up in
 #: 20-50 % of runs before the fix.
@@ -184,3 +184,52 @@ assert run(main) == 42
 """ % EXITING_MESSAGE
     for _ in range(2):
         assert_clean(run_script(body, loop_kind))
+
+
+@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+def test_l3_atexit_handler_gets_a_crossing_begun_before_the_hook(loop_kind):
+    # A graceful shutdown: a handler registered at import time (so it runs after the bridge's
+    # hook) waits for work begun on a loop in another thread. Crossings in flight still settle
+    # after the hook; only new ones are refused. A deadline, not a hang, bounds the wait.
+    # With the threadsafe wakeup (a fallback) the waker thread must stop at the hook, since it
+    # cannot tell when finalization starts: the crossing cannot settle, and the documented
+    # outcome is that the handler's own deadline expires, with no crash.
+    wait = 2 if THREADSAFE_WAKEUP else 20
+    body = """
+import atexit, concurrent.futures
+
+loop_ready = threading.Event()
+state = {}
+
+def serve():
+    loop = new_loop()
+    state["loop"] = loop
+    loop.call_soon(loop_ready.set)
+    loop.run_forever()
+
+async def flush():
+    return await state["pending"]
+
+def graceful_shutdown():
+    fut = asyncio.run_coroutine_threadsafe(flush(), state["loop"])
+    try:
+        print("flushed", fut.result(timeout=%d), flush=True)
+    except concurrent.futures.TimeoutError:
+        print("HUNG: the crossing never settled", flush=True)
+    print("done", flush=True)
+
+atexit.register(graceful_shutdown)
+
+threading.Thread(target=serve, daemon=True).start()
+loop_ready.wait()
+
+async def begin():
+    state["pending"] = b.sleep_then(0.3, "the last batch")
+
+asyncio.run_coroutine_threadsafe(begin(), state["loop"]).result(timeout=20)
+""" % wait
+    for _ in range(2):
+        proc = run_script(body, loop_kind)
+        assert_clean(proc)
+        expected = "HUNG" if THREADSAFE_WAKEUP else "flushed the last batch"
+        assert expected in proc.stdout, proc.stdout
