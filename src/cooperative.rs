@@ -88,11 +88,3 @@ impl CancelHook {
         live
     }
 }
-
-impl Drop for CancelHook {
-    fn drop(&mut self) {
-        // The future is torn down unfinished: nobody waits (the token fires unless the crossing
-        // ended).
-        let _ = self.shared.cancel(None);
-    }
-}

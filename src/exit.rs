@@ -61,14 +61,17 @@ impl Drop for Entry {
     }
 }
 
+/// Counts this thread in `counter` until the guard drops.
+fn count_in(counter: &'static AtomicUsize) -> Entry {
+    counter.fetch_add(1, Ordering::SeqCst);
+    Entry(counter)
+}
+
 /// Counts this thread in `counter` unless the interpreter exits (see "No missed entry").
 fn try_enter(counter: &'static AtomicUsize) -> Option<Entry> {
-    counter.fetch_add(1, Ordering::SeqCst);
-    let entry = Entry(counter);
-    if EXITING.load(Ordering::SeqCst) {
-        return None; // `entry` is dropped: uncounted again.
-    }
-    Some(entry)
+    let entry = count_in(counter);
+    // When exiting, `entry` is dropped here: uncounted again.
+    (!EXITING.load(Ordering::SeqCst)).then_some(entry)
 }
 
 /// Attached thread, at the top of a frame that starts a new crossing: `Err` once the
@@ -80,8 +83,7 @@ pub(crate) fn enter() -> Result<Entry, BridgeError> {
 /// Attached thread, at the top of a frame that serves crossings already in flight (a drain):
 /// counted for the hook's wait, never refused.
 pub(crate) fn counted() -> Entry {
-    ACTIVE.fetch_add(1, Ordering::SeqCst);
-    Entry(&ACTIVE)
+    count_in(&ACTIVE)
 }
 
 /// Bridge thread (never a runtime thread): runs `f` attached, unless the interpreter exits.

@@ -14,7 +14,7 @@ use crate::err::BridgeError;
 use crate::locals::TaskLocals;
 use crate::queue::LoopQueue;
 use crate::state::{self, Action, Event, Mode, Phase};
-use crate::task::{check_awaitable, create_task, discard, is_coroutine};
+use crate::task::{check_awaitable, close_unstarted, create_task, discard, is_coroutine};
 use futures::channel::oneshot;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -154,26 +154,34 @@ pub fn into_future_with_locals(
     locals: &TaskLocals,
     awaitable: Bound<'_, PyAny>,
 ) -> PyResult<PyFuture> {
-    let py = awaitable.py();
     let is_coro = is_coroutine(&awaitable);
-    // L3: no new crossing once the interpreter exits; the frame is counted until it returns.
-    let _entry = match crate::exit::enter() {
-        Ok(entry) => entry,
-        Err(e) => {
-            crate::task::refuse(&awaitable);
-            return Err(e.into());
-        }
-    };
-    if !is_coro {
-        check_awaitable(&awaitable)?;
-    }
-    let queue = match locals.queue(py) {
+    let _entry = enter_or_close(&awaitable, is_coro)?;
+    into_future_entered(locals, awaitable, is_coro)
+}
+
+/// L3: no new crossing once the interpreter exits (the coroutine is closed); otherwise the
+/// frame is counted until the guard drops. Attached.
+pub(crate) fn enter_or_close(
+    awaitable: &Bound<'_, PyAny>,
+    is_coro: bool,
+) -> PyResult<crate::exit::Entry> {
+    crate::exit::enter().map_err(|e| {
+        close_unstarted(awaitable, is_coro);
+        e.into()
+    })
+}
+
+/// [`into_future_with_locals`] inside an entry made by the caller ([`enter_or_close`]).
+pub(crate) fn into_future_entered(
+    locals: &TaskLocals,
+    awaitable: Bound<'_, PyAny>,
+    is_coro: bool,
+) -> PyResult<PyFuture> {
+    let py = awaitable.py();
+    let queue = match check_awaitable_if(&awaitable, is_coro).and_then(|()| locals.queue(py)) {
         Ok(queue) => Arc::clone(queue),
         Err(e) => {
-            if is_coro {
-                // Never started: closed, not left un-awaited (C4, C9).
-                let _ = awaitable.call_method0(intern!(py, "close"));
-            }
+            close_unstarted(&awaitable, is_coro);
             return Err(e);
         }
     };
@@ -194,6 +202,15 @@ pub fn into_future_with_locals(
         }));
     }
     Ok(PyFuture { rx, link, queue })
+}
+
+/// Coroutines pass without a check (the fast path); anything else must be awaitable.
+fn check_awaitable_if(awaitable: &Bound<'_, PyAny>, is_coro: bool) -> PyResult<()> {
+    if is_coro {
+        Ok(())
+    } else {
+        check_awaitable(awaitable)
+    }
 }
 
 /// Loop thread: creates the task, holds it in the link and hooks its completion to the
@@ -233,10 +250,7 @@ fn start(
             }
         }
         Err(e) => {
-            // A coroutine that never became a task is closed, never left un-awaited.
-            if is_coro {
-                let _ = awaitable.call_method0(intern!(py, "close"));
-            }
+            close_unstarted(&awaitable, is_coro);
             completer.send(py, Err(e));
         }
     }

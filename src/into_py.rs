@@ -54,7 +54,7 @@ pub(crate) fn new_crossing<'py>(
     let queue = Arc::clone(locals.queue(py)?);
     let shared = Arc::new(Shared::new(state::Crossing::running(mode.machine_mode())));
     let event_loop = locals.event_loop(py);
-    let (py_fut, guard) = match mode {
+    let (py_fut, consumer) = match mode {
         CancelMode::Drop => {
             let fut = event_loop.call_method0(intern!(py, "create_future"))?;
             let guard = Py::new(
@@ -64,20 +64,19 @@ pub(crate) fn new_crossing<'py>(
                 },
             )?;
             fut.call_method1(intern!(py, "add_done_callback"), (&guard,))?;
-            (fut, Some(guard))
+            (fut, Consumer::Plain(guard))
         }
         CancelMode::Cooperative { .. } => (
             crate::cooperative::new_future(&event_loop, Arc::clone(&shared))?,
-            None,
+            Consumer::Cooperative,
         ),
     };
     let delivery = Delivery {
         queue,
         target: Some(Target {
             fut: py_fut.clone().unbind(),
-            guard,
+            consumer,
             shared: Arc::clone(&shared),
-            mode,
             _locals: locals.clone(),
         }),
     };
@@ -88,13 +87,45 @@ pub(crate) fn new_crossing<'py>(
 struct Target {
     /// The future; released on the loop thread with the rest.
     fut: Py<PyAny>,
-    /// Default mode: the future's done callback, taken off again before the bridge ends the
-    /// future itself (one scheduled callback less per crossing).
-    guard: Option<Py<CrossingGuard>>,
+    consumer: Consumer,
     shared: Arc<Shared>,
-    mode: CancelMode,
     /// Released on the loop thread with the rest.
     _locals: TaskLocals,
+}
+
+/// What kind of future the consumer is.
+enum Consumer {
+    /// A `loop.create_future()` future ([`CancelMode::Drop`]) with its done callback, which is
+    /// taken off again before the bridge ends the future itself (one scheduled callback less
+    /// per crossing).
+    Plain(Py<CrossingGuard>),
+    /// A [`crate::cooperative`] future.
+    Cooperative,
+}
+
+impl Consumer {
+    /// Loop thread: is the future still pending? A plain future answers by losing its guard: a
+    /// done future has already handed its callbacks to the loop, so nothing is removed. A
+    /// cooperative one asks `done()` (only a bypassed `cancel()` can have ended it).
+    fn is_pending(&self, fut: &Bound<'_, PyAny>) -> PyResult<bool> {
+        match self {
+            Consumer::Plain(guard) => fut
+                .call_method1(intern!(fut.py(), "remove_done_callback"), (guard,))?
+                .extract::<usize>()
+                .map(|removed| removed > 0),
+            Consumer::Cooperative => is_done(fut).map(|done| !done),
+        }
+    }
+
+    /// Loop thread: ends the future cancelled with `msg` (C5: never `set_exception`).
+    fn end_cancelled(&self, fut: &Bound<'_, PyAny>, msg: Option<String>) -> PyResult<()> {
+        match self {
+            Consumer::Plain(_) => fut
+                .call_method1(intern!(fut.py(), "cancel"), (msg,))
+                .map(drop),
+            Consumer::Cooperative => crate::cooperative::end_cancelled(fut, msg),
+        }
+    }
 }
 
 /// Sends a crossing's outcome to the loop thread. Owned by the runtime task.
@@ -145,17 +176,7 @@ where
     };
     let shared = &target.shared;
     let fut = target.fut.bind(py);
-    // Is the future still pending? Default mode asks by taking the guard off: a done future
-    // has already handed its callbacks to the loop, so nothing is removed. Cooperative mode
-    // asks `done()` (only a bypassed `cancel()` can have ended it).
-    let pending = match &target.guard {
-        Some(guard) => fut
-            .call_method1(intern!(py, "remove_done_callback"), (guard,))
-            .and_then(|n| n.extract::<usize>())
-            .map(|removed| removed > 0),
-        None => is_done(fut).map(|done| !done),
-    };
-    match pending {
+    match target.consumer.is_pending(fut) {
         Ok(true) => {}
         // Python ended the future and the guard's callback has not run yet, or something
         // bypassed the cooperative `cancel()`: feed its `Cancel` now; the outcome is then
@@ -178,12 +199,7 @@ where
                 Outcome::Error(e) if kind == state::Outcome::Cancellation => cancel_message(py, e),
                 _ => None,
             });
-            let ended = if matches!(target.mode, CancelMode::Cooperative { .. }) {
-                crate::cooperative::end_cancelled(fut, msg)
-            } else {
-                fut.call_method1(intern!(py, "cancel"), (msg,)).map(drop)
-            };
-            if let Err(e) = ended {
+            if let Err(e) = target.consumer.end_cancelled(fut, msg) {
                 e.write_unraisable(py, Some(fut));
             }
             return;
@@ -254,10 +270,8 @@ where
 }
 
 /// Done callback of a default-mode crossing's future. When Python ended the future itself
-/// (cancelled it), the crossing's token fires (C3). When the bridge ended it, nothing happens
-/// (invariant 6). The delivery keeps the future alive until the outcome arrives, so the guard's
-/// `Drop` matters only when the callback could not be added or never runs; then it stops the
-/// producer unless the crossing has ended.
+/// (cancelled it), the crossing's token fires (C3). When the bridge ended it, the guard was
+/// taken off first (see `Consumer::is_pending`), and a late call changes nothing (invariant 6).
 #[pyclass(frozen, module = "pyo3_async_bridge")]
 struct CrossingGuard {
     shared: Arc<Shared>,
@@ -268,12 +282,6 @@ impl CrossingGuard {
     /// Loop thread, scheduled by the future when it is done.
     fn __call__(&self, fut: &Bound<'_, PyAny>) {
         observe_python_end(&self.shared, fut);
-    }
-}
-
-impl Drop for CrossingGuard {
-    fn drop(&mut self) {
-        let _ = self.shared.cancel(None);
     }
 }
 

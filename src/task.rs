@@ -30,18 +30,14 @@ pub(crate) fn is_coroutine(obj: &Bound<'_, PyAny>) -> bool {
 /// closed (no "coroutine was never awaited"); a future or task is cancelled, as it would have
 /// been had it started (C4).
 pub(crate) fn discard(awaitable: &Bound<'_, PyAny>, is_coro: bool) {
+    if is_coro {
+        return close_unstarted(awaitable, true);
+    }
     let py = awaitable.py();
-    let result = if is_coro {
-        awaitable.call_method0(intern!(py, "close")).map(drop)
-    } else if awaitable.hasattr(intern!(py, "cancel")).unwrap_or(false) {
-        awaitable
-            .call_method1(intern!(py, "cancel"), (DROP_CANCEL_MESSAGE,))
-            .map(drop)
-    } else {
-        Ok(())
-    };
-    if let Err(e) = result {
-        e.write_unraisable(py, Some(awaitable));
+    if awaitable.hasattr(intern!(py, "cancel")).unwrap_or(false) {
+        if let Err(e) = awaitable.call_method1(intern!(py, "cancel"), (DROP_CANCEL_MESSAGE,)) {
+            e.write_unraisable(py, Some(awaitable));
+        }
     }
 }
 
@@ -87,10 +83,10 @@ fn is_context_entered_error(py: Python<'_>, e: &PyErr) -> bool {
             .is_ok_and(|m| m.to_string_lossy().contains("already entered"))
 }
 
-/// An awaitable refused before it became a crossing: a coroutine is closed (it never ran, so
-/// closing runs none of its code), never left un-awaited.
-pub(crate) fn refuse(awaitable: &Bound<'_, PyAny>) {
-    if is_coroutine(awaitable) {
+/// A coroutine that will never become a task is closed (it never ran, so closing runs none of
+/// its code), never left un-awaited (C4, C9).
+pub(crate) fn close_unstarted(awaitable: &Bound<'_, PyAny>, is_coro: bool) {
+    if is_coro {
         let _ = awaitable.call_method0(intern!(awaitable.py(), "close"));
     }
 }

@@ -4,7 +4,6 @@
 
 use crate::attach::mark_runtime_thread;
 use crate::cancel::Shared;
-use crate::into_future::into_future_with_locals;
 use crate::into_py::{drive, new_crossing};
 use crate::{IntoPyOptions, PyFuture, TaskLocals};
 use pyo3::prelude::*;
@@ -22,46 +21,32 @@ pub use ::tokio::task::JoinHandle;
 }
 
 /// The cancellation side of the crossing a task runs in: the crossing's cell (machine, tokens,
-/// reason) and, in tasks made by [`spawn`], the child tokens made for that task. A crossing's
-/// own future makes its child tokens only when asked ([`cancellation_token`], [`spawn`]), so a
-/// crossing that never asks costs no token node beyond its own.
+/// reason) and the two tokens this task hangs from: the crossing's own `signal` and `stop`
+/// tokens in the crossing's future (clones, no new token node), children of the parent's in a
+/// task made by [`spawn`]. User code only ever gets children of `signal` (rule S).
 #[derive(Clone)]
 struct CancelScope {
     shared: Arc<Shared>,
-    /// `Some((token, stop))` in a spawned task: the token user code sees and the one that drops
-    /// the task. `None` in the crossing's own future: children of the crossing's tokens.
-    spawned: Option<(CancellationToken, CancellationToken)>,
+    signal: CancellationToken,
+    stop: CancellationToken,
 }
 
 impl CancelScope {
-    /// The token user code sees: never one the machine fires itself (rule S).
-    fn user_token(&self) -> CancellationToken {
-        match &self.spawned {
-            Some((token, _)) => token.clone(),
-            None => self.shared.signal_token().child_token(),
-        }
-    }
-
-    /// The token that drops a spawned task (only called on a scope made by [`Self::child`]).
-    fn stop(&self) -> CancellationToken {
-        match &self.spawned {
-            Some((_, stop)) => stop.clone(),
-            None => self.shared.stop_token().child_token(),
+    /// The scope of a crossing's own future.
+    fn of(shared: &Arc<Shared>) -> CancelScope {
+        CancelScope {
+            signal: shared.signal_token().clone(),
+            stop: shared.stop_token().clone(),
+            shared: Arc::clone(shared),
         }
     }
 
     /// The scope of a task spawned from this one.
     fn child(&self) -> CancelScope {
-        let (token, stop) = match &self.spawned {
-            Some((token, stop)) => (token.child_token(), stop.child_token()),
-            None => (
-                self.shared.signal_token().child_token(),
-                self.shared.stop_token().child_token(),
-            ),
-        };
         CancelScope {
             shared: Arc::clone(&self.shared),
-            spawned: Some((token, stop)),
+            signal: self.signal.child_token(),
+            stop: self.stop.child_token(),
         }
     }
 }
@@ -225,10 +210,7 @@ where
         None => get_current_locals(py)?,
     };
     let (py_fut, crossing) = new_crossing(py, &locals, options.cancel)?;
-    let cancel = CancelScope {
-        shared: Arc::clone(&crossing.shared),
-        spawned: None,
-    };
+    let cancel = CancelScope::of(&crossing.shared);
     let task = scope(
         locals,
         CANCEL.scope(cancel, drive(crossing.shared, options.cancel, fut)),
@@ -249,7 +231,7 @@ where
 ///
 /// [`CancelMode`]: crate::CancelMode
 pub fn cancellation_token() -> Option<CancellationToken> {
-    CANCEL.try_with(CancelScope::user_token).ok()
+    CANCEL.try_with(|c| c.signal.child_token()).ok()
 }
 
 /// The message Python passed to `cancel(msg)` on the current crossing's future, once it has
@@ -292,22 +274,27 @@ where
     F::Output: Send + 'static,
 {
     let locals = TASK_LOCALS.try_with(TaskLocals::clone).ok();
-    let cancel = CANCEL.try_with(CancelScope::child).ok();
-    let runtime = get_runtime();
-    match (locals, cancel) {
-        (Some(locals), Some(cancel)) => {
-            let stop = cancel.stop();
-            runtime.spawn(scope(
+    match CANCEL.try_with(CancelScope::child) {
+        Ok(cancel) => {
+            let stop = cancel.stop.clone();
+            spawn_in(
                 locals,
                 CANCEL.scope(cancel, stop.run_until_cancelled_owned(fut)),
-            ))
+            )
         }
-        (None, Some(cancel)) => {
-            let stop = cancel.stop();
-            runtime.spawn(CANCEL.scope(cancel, stop.run_until_cancelled_owned(fut)))
-        }
-        (Some(locals), None) => runtime.spawn(scope(locals, async move { Some(fut.await) })),
-        (None, None) => runtime.spawn(async move { Some(fut.await) }),
+        Err(_) => spawn_in(locals, async move { Some(fut.await) }),
+    }
+}
+
+/// Spawns `fut` on the bridge's runtime, inside `locals`' scope when there are locals.
+fn spawn_in<F>(locals: Option<TaskLocals>, fut: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match locals {
+        Some(locals) => get_runtime().spawn(scope(locals, fut)),
+        None => get_runtime().spawn(fut),
     }
 }
 
@@ -316,14 +303,15 @@ where
 /// # Errors
 /// `TypeError` when `awaitable` is not awaitable, `RuntimeError` with no loop (C9).
 pub fn into_future(awaitable: Bound<'_, PyAny>) -> PyResult<PyFuture> {
+    let is_coro = crate::task::is_coroutine(&awaitable);
     // L3: refused before the loop is even looked up (registering a loop runs Python code).
-    let _entry = match crate::exit::enter() {
-        Ok(entry) => entry,
+    let _entry = crate::into_future::enter_or_close(&awaitable, is_coro)?;
+    let locals = match get_current_locals(awaitable.py()) {
+        Ok(locals) => locals,
         Err(e) => {
-            crate::task::refuse(&awaitable);
-            return Err(e.into());
+            crate::task::close_unstarted(&awaitable, is_coro);
+            return Err(e);
         }
     };
-    let locals = get_current_locals(awaitable.py())?;
-    into_future_with_locals(&locals, awaitable)
+    crate::into_future::into_future_entered(&locals, awaitable, is_coro)
 }
