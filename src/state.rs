@@ -63,6 +63,9 @@ pub enum Event {
     Detach,
     /// The crossing's event loop closed.
     LoopClosed,
+    /// The interpreter is exiting (L2): a running producer is stopped now, and the consumer,
+    /// if its loop still runs, ends cancelled when the producer's finish arrives.
+    Shutdown,
 }
 
 /// Where a crossing stands.
@@ -176,6 +179,16 @@ impl Crossing {
         action
     }
 
+    /// [`Event::Shutdown`], recording `reason` (the message the consumer ends cancelled with)
+    /// unless a cancel recorded one first.
+    pub fn shutdown(&mut self, reason: &str) -> Action {
+        let action = self.on(Event::Shutdown);
+        if action == Action::Stop && self.reason.is_none() {
+            self.reason = Some(reason.to_owned());
+        }
+        action
+    }
+
     /// Feeds one event in and says what to do.
     pub fn on(&mut self, event: Event) -> Action {
         use Action::*;
@@ -197,6 +210,9 @@ impl Crossing {
                 Mode::Drop => (Ended(End::Cancelled), Stop),
                 Mode::Cooperative => (Cancelling, Signal),
             },
+            // In Drop mode only the exit leads here: the producer is stopped already, and the
+            // consumer's own cancel ends the crossing (invariant 4).
+            (Cancelling, Cancel) if self.mode == Mode::Drop => (Ended(End::Cancelled), Nothing),
             (Cancelling | DetachedBeforeStart | Detached, Cancel) => (self.phase, Nothing),
 
             // Invariants 2, 3 and 5.
@@ -217,6 +233,13 @@ impl Crossing {
 
             (Created | DetachedBeforeStart | Detached, LoopClosed) => (Ended(End::Closed), Discard),
             (Running | Cancelling, LoopClosed) => (Ended(End::Closed), Stop),
+
+            // Exit stops what still runs for a waiting consumer, as a cancel would in Drop mode,
+            // but the consumer ends only with the finish (it may have a waiter of its own). A
+            // producer that never started never will; detached ones are not the bridge's.
+            (Created, Shutdown) => (Ended(End::Cancelled), Nothing),
+            (Running | Cancelling, Shutdown) => (Cancelling, Stop),
+            (DetachedBeforeStart | Detached, Shutdown) => (self.phase, Nothing),
         };
         #[cfg(bridge_mutants)]
         let (phase, action) = mutants::apply(self, event, phase, action);

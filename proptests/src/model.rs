@@ -2,7 +2,7 @@
 //! two sides rather than as a transition table. It shares no code with `state.rs`; it only
 //! speaks the machine's vocabulary ([`Action`], [`Phase`], [`End`]) so the two can be compared.
 
-use crate::scenario::Step;
+use crate::scenario::{Step, EXIT_REASON};
 use crate::state::{Action, End, Mode, Outcome, Phase};
 
 /// What is known about one crossing.
@@ -15,6 +15,8 @@ pub struct Model {
     consumer_cancelled: bool,
     /// The consumer stopped waiting and let the producer run on.
     detached: bool,
+    /// The interpreter's exit stopped the producer.
+    shut_down: bool,
     /// How many outcomes reached the consumer.
     delivered: u32,
     /// How the crossing ended, once it has.
@@ -31,6 +33,7 @@ impl Model {
             started,
             consumer_cancelled: false,
             detached: false,
+            shut_down: false,
             delivered: 0,
             ended: None,
             reason: None,
@@ -57,6 +60,7 @@ impl Model {
             Step::GraceExpired => self.grace_expired(),
             Step::Detach => self.detach(),
             Step::LoopClosed => self.loop_closed(),
+            Step::Shutdown => self.shutdown(),
         }
     }
 
@@ -76,6 +80,11 @@ impl Model {
     /// Only a waiting consumer can cancel. A producer that never started is never told; a
     /// running one is stopped (Drop) or signalled (Cooperative), and the reason is kept.
     fn cancel(&mut self, reason: Option<String>) -> Action {
+        // After the exit stopped a Drop-mode producer, the consumer's own cancel ends it.
+        if self.ended.is_none() && self.shut_down && self.mode == Mode::Drop {
+            self.end(End::Cancelled);
+            return Action::Nothing;
+        }
         if !self.consumer_waits() {
             return Action::Nothing;
         }
@@ -143,6 +152,26 @@ impl Model {
         } else {
             Action::Discard
         }
+    }
+
+    /// The interpreter exiting stops a producer someone waits for, in either mode, and the
+    /// consumer then ends cancelled when the finish comes; one that never started never will.
+    /// Nobody stops what was detached. The exit's message becomes the reason unless a cancel
+    /// gave one.
+    fn shutdown(&mut self) -> Action {
+        if self.ended.is_some() || self.detached {
+            return Action::Nothing;
+        }
+        self.consumer_cancelled = true;
+        if !self.started {
+            self.end(End::Cancelled);
+            return Action::Nothing;
+        }
+        self.shut_down = true;
+        if self.reason.is_none() {
+            self.reason = Some(EXIT_REASON.to_owned());
+        }
+        Action::Stop
     }
 
     /// Where the machine should stand.

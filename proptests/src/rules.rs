@@ -1,7 +1,7 @@
 //! The numbered invariants of `state.rs`'s module docs, checked on what the machine does,
 //! step by step, without the model.
 
-use crate::scenario::{Ctor, Scenario, Step};
+use crate::scenario::{Ctor, Scenario, Step, EXIT_REASON};
 use crate::state::{Action, End, Mode, Outcome, Phase};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -40,8 +40,10 @@ pub struct Rules {
     reason: Option<String>,
 }
 
+/// A cancel by the consumer, or the interpreter's exit, which ends a waiting consumer the same
+/// way.
 fn is_cancel(step: &Step) -> bool {
-    matches!(step, Step::Cancel(_) | Step::CancelEvent)
+    matches!(step, Step::Cancel(_) | Step::CancelEvent | Step::Shutdown)
 }
 
 fn tells_producer(action: Action) -> bool {
@@ -130,7 +132,7 @@ impl Rules {
                 o.after
             );
         }
-        if is_cancel(o.step)
+        if matches!(o.step, Step::Cancel(_) | Step::CancelEvent)
             && self.mode == Mode::Drop
             && !matches!(o.before, Phase::Detached | Phase::DetachedBeforeStart)
         {
@@ -194,6 +196,17 @@ impl Rules {
                     Phase::Cancelling,
                     "invariant 6: the grace timer stopped a producer nobody cancelled"
                 ),
+                Step::Shutdown => {
+                    prop_assert!(
+                        matches!(o.before, Phase::Running | Phase::Cancelling),
+                        "invariant 6: the exit stopped a producer in {:?}",
+                        o.before
+                    );
+                    prop_assert_eq!(o.after, Phase::Cancelling, "L2: the exit ended the consumer");
+                    if self.reason.is_none() {
+                        self.reason = Some(EXIT_REASON.to_owned());
+                    }
+                }
                 other => prop_assert!(false, "invariant 6: {:?} told the producer to stop", other),
             }
         }

@@ -32,7 +32,12 @@ pub enum Step {
     Detach,
     /// [`Event::LoopClosed`].
     LoopClosed,
+    /// [`Crossing::shutdown`] with [`EXIT_REASON`].
+    Shutdown,
 }
+
+/// The reason the scenarios' [`Step::Shutdown`] records.
+pub const EXIT_REASON: &str = "exiting";
 
 impl Step {
     /// Feeds this step into `machine`, as the bridge would.
@@ -45,6 +50,7 @@ impl Step {
             Step::GraceExpired => machine.on(Event::GraceExpired),
             Step::Detach => machine.on(Event::Detach),
             Step::LoopClosed => machine.on(Event::LoopClosed),
+            Step::Shutdown => machine.shutdown(EXIT_REASON),
         }
     }
 }
@@ -89,6 +95,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::GraceExpired),
         1 => Just(Step::Detach),
         1 => Just(Step::LoopClosed),
+        1 => Just(Step::Shutdown),
     ]
 }
 

@@ -57,10 +57,9 @@ fn c7_unmutated_machine_passes_the_same_runner() {
 #[test]
 fn c3_mutant_deliver_after_cancel_is_caught() {
     let scenario = assert_caught(Mutant::DeliverAfterCancel);
-    assert_eq!(
-        scenario.mode,
-        Mode::Cooperative,
-        "only a cooperative cancel lets a finish come"
+    assert!(
+        scenario.mode == Mode::Cooperative || scenario.steps.contains(&Step::Shutdown),
+        "only a cooperative cancel or the exit lets a finish come after it: {scenario:?}"
     );
 }
 
