@@ -6,6 +6,7 @@
 
 use crate::state::{Action, Crossing, Event, Mode, Phase};
 use pyo3::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -14,6 +15,11 @@ use tokio_util::sync::CancellationToken;
 /// it is dropped before it completes (C4).
 pub const DROP_CANCEL_MESSAGE: &str =
     "pyo3-async-bridge: the Rust future awaiting this task was dropped";
+
+/// The message a crossing's future is cancelled with when the interpreter exits while its Rust
+/// future still runs (L2), and what [`cancellation_reason`](crate::tokio::cancellation_reason)
+/// says then.
+pub const EXIT_CANCEL_MESSAGE: &str = "pyo3-async-bridge: the Python interpreter is exiting";
 
 /// What happens to the Rust future when Python cancels the future that awaits it (C3).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -98,6 +104,9 @@ pub(crate) struct Shared {
     machine: Mutex<Crossing>,
     stop: CancellationToken,
     signal: CancellationToken,
+    /// Set by the runtime thread once the Rust future is gone (finished or dropped); the exit
+    /// hook waits for it (L2).
+    producer_done: AtomicBool,
 }
 
 impl Shared {
@@ -113,7 +122,13 @@ impl Shared {
             machine: Mutex::new(machine),
             stop,
             signal,
+            producer_done: AtomicBool::new(false),
         }
+    }
+
+    /// Runtime thread: the Rust future is gone (finished, or dropped by a stop).
+    pub(crate) fn producer_done(&self) {
+        self.producer_done.store(true, Ordering::Release);
     }
 
     fn machine(&self) -> MutexGuard<'_, Crossing> {
@@ -164,6 +179,25 @@ impl Shared {
 
     pub(crate) fn reason(&self) -> Option<String> {
         self.machine().reason().map(str::to_owned)
+    }
+}
+
+impl crate::live::LiveCrossing for Shared {
+    /// L1: the token fires (the Rust future is dropped on its runtime thread); nothing is
+    /// delivered to the closed loop's future.
+    fn loop_closed(&self, _py: Python<'_>) {
+        let _ = self.on(Event::LoopClosed);
+    }
+
+    /// L2: the Rust future is stopped now; if its loop still runs, the future ends cancelled
+    /// with [`EXIT_CANCEL_MESSAGE`] once the runtime thread reports it gone.
+    fn exiting(&self) -> bool {
+        let action = self.machine().shutdown(EXIT_CANCEL_MESSAGE);
+        self.carry_out(action) == Action::Stop
+    }
+
+    fn producer_running(&self) -> bool {
+        !self.producer_done.load(Ordering::Acquire)
     }
 }
 

@@ -36,6 +36,13 @@ pub enum BridgeError {
     /// The Python awaitable went away without completing (its loop closed or it was collected).
     #[error("the Python awaitable was dropped before it completed (was its event loop closed?)")]
     AwaitableDropped,
+    /// The crossing's event loop closed before the crossing completed, or was already closed
+    /// when it started (rule L1).
+    #[error(
+        "the asyncio event loop was closed: it runs no task and delivers no result any more \
+         (close a loop only after the work that crosses to it has finished)"
+    )]
+    LoopClosed,
     /// The interpreter is exiting: the bridge's `atexit` hook has run (rule L3).
     #[error(
         "the Python interpreter is exiting: pyo3-async-bridge starts no new crossing once its \
@@ -55,6 +62,7 @@ impl From<BridgeError> for PyErr {
             BridgeError::NoRunningLoop
             | BridgeError::Abandoned
             | BridgeError::AwaitableDropped
+            | BridgeError::LoopClosed
             | BridgeError::Exiting => PyRuntimeError::new_err(e.to_string()),
         }
     }

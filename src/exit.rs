@@ -9,9 +9,15 @@
 //!    `RuntimeError`), so a loop that keeps starting crossings fails fast in Python instead of
 //!    running into finalization inside a bridge frame. Crossings already in flight still
 //!    settle: an `atexit` handler may be waiting for one;
-//! 2. it waits, with the GIL released and for at most [`QUIESCE_LIMIT`], until no thread is
-//!    inside a bridge frame entered from Python (a crossing being made, a drain);
-//! 3. it closes the gate of the bridge's own waker thread: it never attaches again.
+//! 2. it stops the Rust future of every crossing still pending on a loop that no longer runs
+//!    (L2: the tokens fire; should the loop run again, the crossing's future ends cancelled
+//!    with [`EXIT_CANCEL_MESSAGE`](crate::EXIT_CANCEL_MESSAGE)). A loop still running in
+//!    another thread keeps settling its crossings;
+//! 3. it waits, with the GIL released and for at most [`QUIESCE_LIMIT`] in all, until no
+//!    thread is inside a bridge frame entered from Python (a crossing being made, a drain) and
+//!    the stopped Rust futures are dropped;
+//! 4. it closes the gate of the bridge's own threads (the waker, the watchdog): they never
+//!    attach again.
 //!
 //! What remains: a loop that is still settling crossings begun before the hook when
 //! finalization starts (after every `atexit` handler), the user's own `#[pyfunction]` frames
@@ -33,6 +39,7 @@
 
 use crate::attach::attach;
 use crate::err::BridgeError;
+use crate::live::LiveCrossing;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -104,11 +111,42 @@ fn wait_for_zero(counter: &AtomicUsize, deadline: Instant) {
 #[pyfunction]
 fn quiesce_bridge(py: Python<'_>) {
     EXITING.store(true, Ordering::SeqCst);
+    let stopped = stop_crossings(py);
     py.detach(|| {
         let deadline = Instant::now() + QUIESCE_LIMIT;
         wait_for_zero(&ACTIVE, deadline);
         wait_for_zero(&WAKER_ACTIVE, deadline);
+        // L2: the Rust futures just stopped are dropped on their runtime threads, with the GIL
+        // free for any destructor that needs it.
+        while stopped.iter().any(|c| c.producer_running()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     });
+    drop(stopped); // Attached again.
+}
+
+/// L2: stops the Rust future of every crossing still pending on a loop that no longer runs
+/// (nothing could deliver its outcome); returns those whose future was still running.
+/// Crossings on a loop that still runs (in another thread) are left to settle: an `atexit`
+/// handler that runs after this one may be waiting for them (L3). Attached.
+fn stop_crossings(py: Python<'_>) -> Vec<std::sync::Arc<dyn LiveCrossing>> {
+    let mut stopped = Vec::new();
+    for queue in crate::registry::queues_at_exit() {
+        let running = queue.event_loop(py).is_some_and(|l| {
+            l.call_method0(pyo3::intern!(py, "is_running"))
+                .and_then(|r| r.is_truthy())
+                .unwrap_or(false)
+        });
+        if running {
+            continue;
+        }
+        for crossing in queue.live_crossings() {
+            if crossing.exiting() {
+                stopped.push(crossing);
+            }
+        }
+    }
+    stopped
 }
 
 /// `os.register_at_fork(after_in_child=...)`: the threads the counters counted are gone.

@@ -11,16 +11,19 @@
 
 use crate::cancel::{is_cancellation, DROP_CANCEL_MESSAGE};
 use crate::err::BridgeError;
+use crate::live::{LiveCrossing, LiveKey};
 use crate::locals::TaskLocals;
 use crate::queue::LoopQueue;
 use crate::state::{self, Action, Event, Mode, Phase};
-use crate::task::{check_awaitable, close_unstarted, create_task, discard, is_coroutine};
+use crate::task::{
+    check_awaitable, close_unstarted, create_task, discard, is_coroutine, Unstarted,
+};
 use futures::channel::oneshot;
 use pyo3::intern;
 use pyo3::prelude::*;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::task::{Context, Poll};
 
 type Sender = oneshot::Sender<PyResult<Py<PyAny>>>;
@@ -44,35 +47,69 @@ type Sender = oneshot::Sender<PyResult<Py<PyAny>>>;
 pub struct PyFuture {
     rx: oneshot::Receiver<PyResult<Py<PyAny>>>,
     link: Arc<Link>,
-    queue: Arc<LoopQueue>,
 }
 
-/// The crossing a [`PyFuture`] awaits, shared by the `PyFuture` and the task's [`Completer`].
+/// The crossing a [`PyFuture`] awaits, shared by the `PyFuture`, the task's [`Completer`] and
+/// (weakly) the loop's set of pending crossings (L1).
 ///
 /// asyncio holds tasks only weakly, so the bridge holds the running task strongly: from its
-/// start (loop thread) until it is done (the completer, loop thread) or the `PyFuture` is
-/// dropped (any thread; the reference then travels home through the queue).
+/// start (loop thread) until it is done (the completer, loop thread), the `PyFuture` is
+/// dropped (any thread; the reference then travels home through the queue), or the loop is
+/// found closed (the watchdog, attached).
 struct Link {
     inner: Mutex<Linked>,
+    queue: Arc<LoopQueue>,
+    /// The crossing's place among those pending on its loop; set once, right after creation.
+    key: OnceLock<LiveKey>,
 }
 
 struct Linked {
     machine: state::Crossing,
     task: Option<Py<PyAny>>,
+    /// The `PyFuture`'s end of the outcome; taken by whoever ends the crossing.
+    tx: Option<Sender>,
 }
 
 impl Link {
-    fn new() -> Self {
+    fn new(queue: Arc<LoopQueue>, tx: Sender) -> Self {
         Link {
             inner: Mutex::new(Linked {
                 machine: state::Crossing::new(Mode::Drop),
                 task: None,
+                tx: Some(tx),
             }),
+            queue,
+            key: OnceLock::new(),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, Linked> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Loop thread: the crossing is over on the loop's side; no longer pending (L1).
+    fn settled(&self) {
+        if let Some(key) = self.key.get() {
+            self.queue.leave(*key);
+        }
+    }
+}
+
+impl LiveCrossing for Link {
+    /// L1, the watchdog, attached: the `PyFuture` fails with the loop's error now, and the
+    /// task is let go here (a task the bridge created does not log "destroyed but pending").
+    fn loop_closed(&self, _py: Python<'_>) {
+        let (action, task, tx) = {
+            let mut linked = self.lock();
+            let action = linked.machine.on(Event::LoopClosed);
+            (action, linked.task.take(), linked.tx.take())
+        };
+        if matches!(action, Action::Stop | Action::Discard) {
+            if let Some(tx) = tx {
+                let _ = tx.send(Err(BridgeError::LoopClosed.into()));
+            }
+        }
+        drop(task);
     }
 }
 
@@ -116,12 +153,12 @@ impl Drop for PyFuture {
         };
         if let Some(task) = task {
             // Loop thread, through the queue: C4.
-            self.queue.push(Box::new(move |py| {
+            self.link.queue.push(Box::new(move |py| {
                 cancel_task(task.bind(py));
                 drop(value);
             }));
         } else if value.is_some() {
-            self.queue.release(value);
+            self.link.queue.release(value);
         }
     }
 }
@@ -186,22 +223,36 @@ pub(crate) fn into_future_entered(
         }
     };
     let (tx, rx) = oneshot::channel();
-    let link = Arc::new(Link::new());
+    let event_loop = locals.event_loop(py);
+    let link = Arc::new(Link::new(queue, tx));
+    // L1: pending on its loop until the task is done (or the loop closes); refused on a
+    // closed loop.
+    let weak: Weak<dyn LiveCrossing> = Arc::downgrade(&link) as Weak<dyn LiveCrossing>;
+    let key = match link.queue.join(&event_loop, weak) {
+        Ok(key) => key,
+        Err(e) => {
+            close_unstarted(&awaitable, is_coro);
+            return Err(e);
+        }
+    };
+    let _ = link.key.set(key);
     let completer = Completer {
-        tx: Some(tx),
         link: Arc::clone(&link),
     };
     let running = crate::py::running_loop_or_none(py)?;
-    if running.is(locals.event_loop(py)) {
+    if running.is(&event_loop) {
         start(locals, awaitable, is_coro, completer);
     } else {
         let locals = locals.clone();
-        let awaitable = awaitable.unbind();
-        queue.push(Box::new(move |py| {
-            start(&locals, awaitable.into_bound(py), is_coro, completer)
+        // Dropped unrun (its loop closed first), it closes the coroutine.
+        let unstarted = Unstarted::new(awaitable, is_coro);
+        link.queue.push(Box::new(move |py| {
+            if let Some(awaitable) = unstarted.take(py) {
+                start(&locals, awaitable, is_coro, completer);
+            }
         }));
     }
-    Ok(PyFuture { rx, link, queue })
+    Ok(PyFuture { rx, link })
 }
 
 /// Coroutines pass without a check (the fast path); anything else must be awaitable.
@@ -223,6 +274,7 @@ fn start(
 ) {
     let py = awaitable.py();
     if completer.link.lock().machine.on(Event::Start) != Action::Run {
+        completer.link.settled();
         return discard(&awaitable, is_coro);
     }
     match create_task(locals, awaitable.clone(), is_coro) {
@@ -259,7 +311,6 @@ fn start(
 /// Done callback of the task a [`PyFuture`] awaits. Loop thread.
 #[pyclass(module = "pyo3_async_bridge")]
 struct Completer {
-    tx: Option<Sender>,
     link: Arc<Link>,
 }
 
@@ -273,13 +324,15 @@ impl Completer {
             Err(e) if is_cancellation(py, e) => state::Outcome::Cancellation,
             Err(_) => state::Outcome::Error,
         };
-        let (action, task) = {
+        let (action, task, tx) = {
             let mut linked = self.link.lock();
-            (linked.machine.on(Event::Finish(kind)), linked.task.take())
+            let action = linked.machine.on(Event::Finish(kind));
+            (action, linked.task.take(), linked.tx.take())
         };
+        self.link.settled();
         drop(task);
         if matches!(action, Action::Deliver(_) | Action::EndCancelled) {
-            if let Some(tx) = self.tx.take() {
+            if let Some(tx) = tx {
                 // A failed send returns the value; it is dropped right here, attached.
                 let _ = tx.send(result);
             }

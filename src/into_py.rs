@@ -12,6 +12,7 @@
 
 use crate::cancel::{cancel_message, is_cancellation, CancelMode, Shared};
 use crate::err::{panic_message, BridgeError};
+use crate::live::{LiveCrossing, LiveKey};
 use crate::locals::TaskLocals;
 use crate::queue::LoopQueue;
 use crate::state::{self, Action, Event, Phase};
@@ -19,7 +20,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use std::any::TypeId;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 /// How a crossing's Rust side ended.
 pub(crate) enum Outcome<T> {
@@ -54,22 +55,16 @@ pub(crate) fn new_crossing<'py>(
     let queue = Arc::clone(locals.queue(py)?);
     let shared = Arc::new(Shared::new(state::Crossing::running(mode.machine_mode())));
     let event_loop = locals.event_loop(py);
-    let (py_fut, consumer) = match mode {
-        CancelMode::Drop => {
-            let fut = event_loop.call_method0(intern!(py, "create_future"))?;
-            let guard = Py::new(
-                py,
-                CrossingGuard {
-                    shared: Arc::clone(&shared),
-                },
-            )?;
-            fut.call_method1(intern!(py, "add_done_callback"), (&guard,))?;
-            (fut, Consumer::Plain(guard))
+    // L1: pending on its loop until it settles (or the loop closes); refused on a closed loop.
+    let weak: Weak<dyn LiveCrossing> = Arc::downgrade(&shared) as Weak<dyn LiveCrossing>;
+    let key = queue.join(&event_loop, weak)?;
+    let made = future_for(py, &event_loop, &shared, mode);
+    let (py_fut, consumer) = match made {
+        Ok(made) => made,
+        Err(e) => {
+            queue.leave(key);
+            return Err(e);
         }
-        CancelMode::Cooperative { .. } => (
-            crate::cooperative::new_future(&event_loop, Arc::clone(&shared))?,
-            Consumer::Cooperative,
-        ),
     };
     let delivery = Delivery {
         queue,
@@ -77,10 +72,37 @@ pub(crate) fn new_crossing<'py>(
             fut: py_fut.clone().unbind(),
             consumer,
             shared: Arc::clone(&shared),
-            _locals: locals.clone(),
+            key,
+            locals: locals.clone(),
         }),
     };
     Ok((py_fut, Crossing { shared, delivery }))
+}
+
+/// The asyncio future of a new crossing, and how it is consumed. Attached.
+fn future_for<'py>(
+    py: Python<'py>,
+    event_loop: &Bound<'py, PyAny>,
+    shared: &Arc<Shared>,
+    mode: CancelMode,
+) -> PyResult<(Bound<'py, PyAny>, Consumer)> {
+    Ok(match mode {
+        CancelMode::Drop => {
+            let fut = event_loop.call_method0(intern!(py, "create_future"))?;
+            let guard = Py::new(
+                py,
+                CrossingGuard {
+                    shared: Arc::clone(shared),
+                },
+            )?;
+            fut.call_method1(intern!(py, "add_done_callback"), (&guard,))?;
+            (fut, Consumer::Plain(guard))
+        }
+        CancelMode::Cooperative { .. } => (
+            crate::cooperative::new_future(event_loop, Arc::clone(shared))?,
+            Consumer::Cooperative,
+        ),
+    })
 }
 
 /// What an outcome is delivered to.
@@ -89,8 +111,10 @@ struct Target {
     fut: Py<PyAny>,
     consumer: Consumer,
     shared: Arc<Shared>,
-    /// Released on the loop thread with the rest.
-    _locals: TaskLocals,
+    /// The crossing's place among those pending on its loop (L1).
+    key: LiveKey,
+    /// Released on the loop thread with the rest; its queue holds the crossing's `key`.
+    locals: TaskLocals,
 }
 
 /// What kind of future the consumer is.
@@ -174,6 +198,9 @@ where
         Outcome::Cancelled => state::Outcome::Cancellation,
         Outcome::Abandoned => state::Outcome::Abandoned,
     };
+    if let Ok(queue) = target.locals.queue(py) {
+        queue.leave(target.key); // L1: no longer pending on the loop.
+    }
     let shared = &target.shared;
     let fut = target.fut.bind(py);
     match target.consumer.is_pending(fut) {
@@ -297,6 +324,8 @@ where
     F: Future<Output = PyResult<T>>,
 {
     use futures::FutureExt;
+    // Declared first, so dropped last: after `fut`, however `drive` ends (L2's exit wait).
+    let _done = ProducerDone(&shared);
     let guarded = std::panic::AssertUnwindSafe(fut).catch_unwind();
     let finished = match mode {
         CancelMode::Drop | CancelMode::Cooperative { grace: None } => {
@@ -323,5 +352,14 @@ where
         Some(Ok(Ok(v))) => Outcome::Value(v),
         Some(Ok(Err(e))) => Outcome::Error(e),
         Some(Err(payload)) => Outcome::Panic(panic_message(&*payload)),
+    }
+}
+
+/// Reports the Rust future gone when dropped (runtime thread): the exit hook waits for it (L2).
+struct ProducerDone<'a>(&'a Shared);
+
+impl Drop for ProducerDone<'_> {
+    fn drop(&mut self) {
+        self.0.producer_done();
     }
 }

@@ -33,6 +33,7 @@ mod ffi;
 mod into_future;
 #[cfg(feature = "tokio-runtime")]
 mod into_py;
+mod live;
 mod locals;
 mod py;
 mod queue;
@@ -45,8 +46,11 @@ mod task;
 #[cfg(feature = "tokio-runtime")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio-runtime")))]
 pub mod tokio;
+mod watch;
 
-pub use cancel::{is_cancellation, CancelMode, IntoPyOptions, DROP_CANCEL_MESSAGE};
+pub use cancel::{
+    is_cancellation, CancelMode, IntoPyOptions, DROP_CANCEL_MESSAGE, EXIT_CANCEL_MESSAGE,
+};
 pub use err::{BridgeError, RustPanic};
 pub use into_future::{into_future_with_locals, PyFuture};
 pub use locals::{get_running_loop, TaskLocals};
@@ -56,4 +60,5 @@ pub use locals::{get_running_loop, TaskLocals};
 pub mod debug {
     pub use crate::attach::{attach_counts, AttachCounts};
     pub use crate::queue::{queue_stats, QueueStats};
+    pub use crate::registry::live_crossings;
 }

@@ -16,13 +16,24 @@
 //! A producer pushes and reads `armed` under one lock. If the drain already took the batch,
 //! `armed` is false and the producer writes a new wakeup; otherwise its job is in the batch the
 //! drain is about to take (invariant 1). A wakeup with nothing to do costs one empty drain.
+//!
+//! # A closed loop (L1)
+//! The queue also keeps the set of crossings pending on its loop ([`LiveSet`]) and the loop's
+//! vital signs ([`Vitals`], see `watch`). When the bridge's watchdog finds the loop closed, it
+//! calls [`LoopQueue::close`]: from then on nothing reaches the loop. A job pushed afterwards is
+//! dropped at once by an attached thread; a thread that is not attached leaves it queued and
+//! asks the watchdog to drop it, attached ([`LoopQueue::sweep`]). No job of a closed queue ever
+//! runs, and none is left holding the queue alive.
 
 use crate::exit::{attach_unless_exiting, register_atexit_hook};
 use crate::ffi::thread_is_attached;
+use crate::live::{LiveCrossing, LiveKey, LiveSet};
+use crate::watch::Vitals;
 use pyo3::intern;
 use pyo3::prelude::*;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, OnceLock, PoisonError};
+use pyo3::types::{PyWeakrefMethods, PyWeakrefReference};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 
 /// Work for the loop thread. Runs attached, on the loop thread, with no bridge lock held.
 pub(crate) type Job = Box<dyn FnOnce(Python<'_>) + Send>;
@@ -33,6 +44,7 @@ pub const WAKEUP_ENV: &str = "PYO3_ASYNC_BRIDGE_WAKEUP";
 static WAKEUPS: AtomicU64 = AtomicU64::new(0);
 static DRAINS: AtomicU64 = AtomicU64::new(0);
 static JOBS: AtomicU64 = AtomicU64::new(0);
+static LOOPS_CLOSED: AtomicU64 = AtomicU64::new(0);
 
 /// Queue counters, summed over every loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +55,8 @@ pub struct QueueStats {
     pub drains: u64,
     /// Jobs the drains ran.
     pub jobs: u64,
+    /// Loops the watchdog found closed with crossings or jobs pending (L1).
+    pub loops_closed: u64,
 }
 
 /// Snapshot of the queue counters.
@@ -51,6 +65,7 @@ pub fn queue_stats() -> QueueStats {
         wakeups: WAKEUPS.load(Ordering::Relaxed),
         drains: DRAINS.load(Ordering::Relaxed),
         jobs: JOBS.load(Ordering::Relaxed),
+        loops_closed: LOOPS_CLOSED.load(Ordering::Relaxed),
     }
 }
 
@@ -84,20 +99,157 @@ pub(crate) struct LoopQueue {
     wake: Wake,
     /// `loop.call_soon_threadsafe` and the drainer, for [`Wake::Threadsafe`].
     threadsafe: OnceLock<(Py<PyAny>, Py<Drainer>)>,
+    /// The loop, held weakly: the watchdog asks it `is_closed()` (L1). `None` only in `Drop`.
+    event_loop: Option<Py<PyWeakrefReference>>,
+    /// The crossings pending on the loop (L1, L2).
+    live: Mutex<LiveSet>,
+    /// Set, under the `pending` lock, once the loop is seen closed (L1).
+    closed: AtomicBool,
+    /// Heartbeat state, read by the watchdog (L1).
+    pub(crate) vitals: Vitals,
+}
+
+/// What a producer does with its job once the lock is released.
+enum After {
+    Nothing,
+    Wake,
+    /// The loop is closed and this thread is attached: drop the job here.
+    Drop(Job),
+    /// The loop is closed and this thread may not drop it: the watchdog will.
+    AskSweep,
 }
 
 impl LoopQueue {
     /// Queues `job` for the loop thread. Any thread; never attaches.
     pub(crate) fn push(self: &Arc<Self>, job: Job) {
-        let must_wake = {
-            let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            p.jobs.push(job);
-            !std::mem::replace(&mut p.armed, true)
+        let after = {
+            let mut p = self.lock_pending();
+            if self.closed.load(Ordering::Relaxed) {
+                // L1: nothing runs on a closed loop.
+                if thread_is_attached() {
+                    After::Drop(job)
+                } else {
+                    p.jobs.push(job);
+                    if std::mem::replace(&mut p.armed, true) {
+                        After::Nothing
+                    } else {
+                        After::AskSweep
+                    }
+                }
+            } else {
+                p.jobs.push(job);
+                if std::mem::replace(&mut p.armed, true) {
+                    After::Nothing
+                } else {
+                    After::Wake
+                }
+            }
         };
-        if must_wake {
-            WAKEUPS.fetch_add(1, Ordering::Relaxed);
-            self.wake();
+        match after {
+            After::Nothing => {}
+            After::Wake => {
+                WAKEUPS.fetch_add(1, Ordering::Relaxed);
+                // A drain is owed from now on: the watchdog measures staleness from here.
+                self.vitals.wakeup_owed();
+                self.wake();
+            }
+            After::Drop(job) => drop(job),
+            After::AskSweep => crate::watch::request(),
         }
+    }
+
+    fn lock_pending(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_live(&self) -> MutexGuard<'_, LiveSet> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Attached thread: registers a pending crossing on this queue's loop (`event_loop`), and
+    /// starts the loop's heartbeat if none runs (L1).
+    ///
+    /// # Errors
+    /// `RuntimeError` when the loop was already seen closed.
+    pub(crate) fn join(
+        self: &Arc<Self>,
+        event_loop: &Bound<'_, PyAny>,
+        crossing: Weak<dyn LiveCrossing>,
+    ) -> PyResult<LiveKey> {
+        let key = self
+            .lock_live()
+            .insert(crossing)
+            .ok_or(crate::BridgeError::LoopClosed)?;
+        // Work for the loop begins now: staleness counts from here. (Usually this is the loop
+        // thread at work, too.)
+        self.vitals.beat();
+        crate::watch::keep_alive(self, event_loop);
+        Ok(key)
+    }
+
+    /// The crossing `key` settled (any thread; usually the loop thread).
+    pub(crate) fn leave(&self, key: LiveKey) {
+        self.lock_live().remove(key);
+    }
+
+    /// How many crossings are pending on the loop.
+    pub(crate) fn live_len(&self) -> usize {
+        self.lock_live().len()
+    }
+
+    /// The crossings pending on the loop, left registered (the exit hook, L2). Attached.
+    pub(crate) fn live_crossings(&self) -> Vec<Arc<dyn LiveCrossing>> {
+        let weak = self.lock_live().snapshot();
+        weak.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Whether jobs wait for a drain.
+    pub(crate) fn is_armed(&self) -> bool {
+        self.lock_pending().armed
+    }
+
+    /// Whether the loop was seen closed.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// The loop, unless it was collected. Attached.
+    pub(crate) fn event_loop<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.event_loop.as_ref()?.bind(py).upgrade()
+    }
+
+    /// Watchdog thread, attached: the loop is closed (or collected). Every pending crossing
+    /// ends (L1: tokens fire, `PyFuture`s fail with a clear error), and every queued job is
+    /// dropped here, attached, without running: none may touch a closed loop.
+    pub(crate) fn close(&self, py: Python<'_>) {
+        let jobs = {
+            let mut p = self.lock_pending();
+            if self.closed.swap(true, Ordering::Relaxed) {
+                return;
+            }
+            p.armed = false;
+            std::mem::take(&mut p.jobs)
+        };
+        LOOPS_CLOSED.fetch_add(1, Ordering::Relaxed);
+        // From here no crossing joins: each one pending now is ended exactly once, here.
+        let crossings = self.lock_live().close();
+        for crossing in crossings.iter().filter_map(Weak::upgrade) {
+            crossing.loop_closed(py);
+        }
+        // After the crossings: a start job dropped now finds its `PyFuture` already failed
+        // with the loop's error, and closes its coroutine (`task::Unstarted`).
+        drop(jobs);
+    }
+
+    /// Watchdog thread, attached: drops the jobs that reached the queue after it was closed
+    /// from threads that could not drop them.
+    pub(crate) fn sweep(&self, _py: Python<'_>) {
+        let jobs = {
+            let mut p = self.lock_pending();
+            p.armed = false;
+            std::mem::take(&mut p.jobs)
+        };
+        drop(jobs);
     }
 
     fn wake(self: &Arc<Self>) {
@@ -125,9 +277,13 @@ impl LoopQueue {
     /// Loop thread: runs every queued job. Called by the drainer, so already attached.
     fn drain(&self, py: Python<'_>) {
         DRAINS.fetch_add(1, Ordering::Relaxed);
+        self.vitals.beat();
         loop {
             let batch = {
-                let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut p = self.lock_pending();
+                if self.closed.load(Ordering::Relaxed) {
+                    return; // Never a job of a closed loop (a loop running after its close?).
+                }
                 if p.jobs.is_empty() {
                     p.armed = false;
                     return;
@@ -135,7 +291,10 @@ impl LoopQueue {
                 std::mem::take(&mut p.jobs)
             };
             JOBS.fetch_add(batch.len() as u64, Ordering::Relaxed);
-            for job in batch {
+            for (i, job) in batch.into_iter().enumerate() {
+                if i % 256 == 255 {
+                    self.vitals.beat(); // A long batch is a loop at work, not a stale one.
+                }
                 // A job must not take the loop down with it; each handles its own errors.
                 if let Err(payload) =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(py)))
@@ -165,6 +324,7 @@ impl Drop for LoopQueue {
             if let Some(pair) = self.threadsafe.take() {
                 std::mem::forget(pair);
             }
+            std::mem::forget(self.event_loop.take());
         }
     }
 }
@@ -235,8 +395,8 @@ fn waker_thread() -> &'static mpsc::Sender<Arc<LoopQueue>> {
                     attach_unless_exiting(|py| {
                         for q in batch {
                             if let Some((call_soon, drainer)) = q.threadsafe.get() {
-                                // A closed loop refuses the call: its jobs are dropped with
-                                // the queue, quietly (lifecycle rules).
+                                // A closed loop refuses the call: its jobs wait for the
+                                // watchdog, which drops them when it finds the loop closed (L1).
                                 let _ = call_soon.bind(py).call1((drainer.clone_ref(py),));
                             }
                             drop(q);
@@ -250,24 +410,29 @@ fn waker_thread() -> &'static mpsc::Sender<Arc<LoopQueue>> {
 }
 
 impl LoopQueue {
-    fn new(wake: Wake) -> Arc<Self> {
-        Arc::new(LoopQueue {
+    fn new(event_loop: &Bound<'_, PyAny>, wake: Wake) -> PyResult<Arc<Self>> {
+        Ok(Arc::new(LoopQueue {
             pending: Mutex::new(Pending {
                 jobs: Vec::new(),
                 armed: false,
             }),
             wake,
             threadsafe: OnceLock::new(),
-        })
+            event_loop: Some(PyWeakrefReference::new(event_loop)?.unbind()),
+            live: Mutex::new(LiveSet::default()),
+            closed: AtomicBool::new(false),
+            vitals: Vitals::default(),
+        }))
     }
 
     /// A queue woken through a socketpair, with the drainer to register with `add_reader` on
     /// the reading end's file descriptor. Attached.
     #[cfg(unix)]
-    pub(crate) fn with_socket(
-        py: Python<'_>,
-    ) -> PyResult<(Arc<Self>, Bound<'_, Drainer>, std::os::fd::RawFd)> {
+    pub(crate) fn with_socket<'py>(
+        event_loop: &Bound<'py, PyAny>,
+    ) -> PyResult<(Arc<Self>, Bound<'py, Drainer>, std::os::fd::RawFd)> {
         use std::os::fd::AsRawFd;
+        let py = event_loop.py();
         use std::os::unix::net::UnixStream;
         let os_err =
             |e: std::io::Error| pyo3::exceptions::PyOSError::new_err(format!("socketpair: {e}"));
@@ -277,7 +442,10 @@ impl LoopQueue {
         let fd = reader.as_raw_fd();
         // Every loop's drains must stop when the interpreter exits (`exit`).
         register_atexit_hook(py)?;
-        let queue = Self::new(Wake::Socket(writer, reader.try_clone().map_err(os_err)?));
+        let queue = Self::new(
+            event_loop,
+            Wake::Socket(writer, reader.try_clone().map_err(os_err)?),
+        )?;
         let drainer = Bound::new(
             py,
             Drainer {
@@ -291,7 +459,7 @@ impl LoopQueue {
     /// A queue woken by the waker thread through `event_loop.call_soon_threadsafe`. Attached.
     pub(crate) fn with_threadsafe_wakeup(event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Self>> {
         let py = event_loop.py();
-        let queue = Self::new(Wake::Threadsafe);
+        let queue = Self::new(event_loop, Wake::Threadsafe)?;
         let drainer = Py::new(
             py,
             Drainer {

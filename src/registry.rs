@@ -9,16 +9,9 @@ use crate::err::describe;
 use crate::queue::{LoopQueue, WAKEUP_ENV};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyWeakrefMethods, PyWeakrefReference};
 use std::sync::{Arc, Mutex, PoisonError};
 
-/// Registry entry: a loop (held weakly) and its queue.
-struct Entry {
-    loop_ref: Py<PyWeakrefReference>,
-    queue: Arc<LoopQueue>,
-}
-
-static REGISTRY: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
+static REGISTRY: Mutex<Vec<Arc<LoopQueue>>> = Mutex::new(Vec::new());
 
 /// The queue of `event_loop`, created and registered with the loop on first use. Attached, any
 /// thread; registration with the loop itself happens on the loop thread.
@@ -27,7 +20,6 @@ pub(crate) fn queue_for(event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<LoopQueue
         return Ok(q);
     }
     let queue = register(event_loop)?;
-    let loop_ref = PyWeakrefReference::new(event_loop)?.unbind();
     let py = event_loop.py();
     let mut reg = lock();
     // Another thread may have registered the same loop meanwhile; the first entry wins and this
@@ -35,35 +27,54 @@ pub(crate) fn queue_for(event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<LoopQueue
     if let Some(q) = find(&reg, event_loop) {
         return Ok(q);
     }
-    // Forget loops that were collected. Their entries are released after the lock is dropped.
-    let (live, dead): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut *reg)
+    // Forget loops that were collected. Their queues are closed and released after the lock
+    // is dropped.
+    let (live, dead): (Vec<_>, Vec<_>) = std::mem::take(&mut *reg)
         .into_iter()
-        .partition(|e| e.loop_ref.bind(py).upgrade().is_some());
+        .partition(|q| q.event_loop(py).is_some());
     *reg = live;
-    reg.push(Entry {
-        loop_ref,
-        queue: Arc::clone(&queue),
-    });
+    reg.push(Arc::clone(&queue));
     drop(reg);
-    drop(dead);
+    for q in dead {
+        q.close(py); // L1: a collected loop is a closed one.
+    }
     Ok(queue)
 }
 
-fn lock() -> std::sync::MutexGuard<'static, Vec<Entry>> {
+fn lock() -> std::sync::MutexGuard<'static, Vec<Arc<LoopQueue>>> {
     REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Weak reference look-ups only: runs no Python code (see "Deadlock safety").
-fn find(reg: &[Entry], event_loop: &Bound<'_, PyAny>) -> Option<Arc<LoopQueue>> {
+fn find(reg: &[Arc<LoopQueue>], event_loop: &Bound<'_, PyAny>) -> Option<Arc<LoopQueue>> {
     let py = event_loop.py();
     reg.iter()
-        .find(|e| {
-            e.loop_ref
-                .bind(py)
-                .upgrade()
-                .is_some_and(|l| l.is(event_loop))
-        })
-        .map(|e| Arc::clone(&e.queue))
+        .find(|q| q.event_loop(py).is_some_and(|l| l.is(event_loop)))
+        .map(Arc::clone)
+}
+
+/// Every registered queue, for the `atexit` hook (L2). Attached. The lock is only tried, for
+/// a bounded time: in a process forked while the watchdog held it, nobody will release it.
+pub(crate) fn queues_at_exit() -> Vec<Arc<LoopQueue>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(100);
+    loop {
+        match REGISTRY.try_lock() {
+            Ok(reg) => return reg.clone(),
+            Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner().clone(),
+            Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return Vec::new(),
+        }
+    }
+}
+
+/// Calls `f` on every registered queue, under the registry lock. Any thread, attached or not:
+/// `f` must not run Python code or wait for the interpreter (see "Deadlock safety").
+pub(crate) fn for_each_queue(mut f: impl FnMut(&Arc<LoopQueue>)) {
+    for q in lock().iter() {
+        f(q);
+    }
 }
 
 /// A new queue for `event_loop`: the socket wakeup where the loop has `add_reader` (and the
@@ -95,7 +106,7 @@ fn register_socket(event_loop: &Bound<'_, PyAny>) -> PyResult<Option<Arc<LoopQue
         Err(e) if e.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let (queue, drainer, fd) = LoopQueue::with_socket(py)?;
+    let (queue, drainer, fd) = LoopQueue::with_socket(event_loop)?;
     let running = crate::py::running_loop_or_none(py)?;
     // The reader's handle keeps the context current at registration, and every drain runs in
     // it: register from a fresh, empty context so no caller's values leak into later crossings
@@ -128,4 +139,11 @@ fn is_running(event_loop: &Bound<'_, PyAny>) -> PyResult<bool> {
     event_loop
         .call_method0(intern!(event_loop.py(), "is_running"))?
         .is_truthy()
+}
+
+/// Crossings pending on every registered loop (L1). Any thread.
+pub fn live_crossings() -> usize {
+    let mut n = 0;
+    for_each_queue(|q| n += q.live_len());
+    n
 }

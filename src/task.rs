@@ -64,7 +64,7 @@ pub(crate) fn create_task<'py>(
             ctx.call_method1(intern!(py, "run"), (&starter, &awaitable))
         }
     };
-    match run(&ctx) {
+    let task = match run(&ctx) {
         // `ctx` is entered right now (a synchronous call inside the same crossing): run in a
         // copy instead, which is what the task would see anyway. Any other error stands.
         Err(e) if !ctx.is_none() && is_context_entered_error(py, &e) => {
@@ -72,7 +72,14 @@ pub(crate) fn create_task<'py>(
             run(&copy)
         }
         other => other,
+    }?;
+    if is_coro {
+        // A task the bridge made is let go by the bridge alone: when its loop closed under it
+        // (L1), not "destroyed but pending" noise. asyncio's own `run_until_complete` does the
+        // same for the task it makes. A loop whose tasks lack the flag keeps its default.
+        let _ = task.setattr(intern!(py, "_log_destroy_pending"), false);
     }
+    Ok(task)
 }
 
 /// `Context.run` on a context that is already entered raises this `RuntimeError`.
@@ -88,5 +95,36 @@ fn is_context_entered_error(py: Python<'_>, e: &PyErr) -> bool {
 pub(crate) fn close_unstarted(awaitable: &Bound<'_, PyAny>, is_coro: bool) {
     if is_coro {
         let _ = awaitable.call_method0(intern!(awaitable.py(), "close"));
+    }
+}
+
+/// A coroutine waiting in a queued start job. If the job is dropped without running (its loop
+/// closed first, L1), the coroutine is closed rather than left un-awaited. Jobs are dropped
+/// only attached (invariant 3 of `queue`).
+pub(crate) struct Unstarted {
+    awaitable: Option<Py<PyAny>>,
+    is_coro: bool,
+}
+
+impl Unstarted {
+    pub(crate) fn new(awaitable: Bound<'_, PyAny>, is_coro: bool) -> Self {
+        Unstarted {
+            awaitable: Some(awaitable.unbind()),
+            is_coro,
+        }
+    }
+
+    /// Loop thread: the awaitable, to start now.
+    pub(crate) fn take<'py>(mut self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.awaitable.take().map(|a| a.into_bound(py))
+    }
+}
+
+impl Drop for Unstarted {
+    fn drop(&mut self) {
+        if let Some(awaitable) = self.awaitable.take() {
+            let is_coro = self.is_coro;
+            crate::ffi::if_attached(|py| close_unstarted(awaitable.bind(py), is_coro));
+        }
     }
 }
