@@ -40,6 +40,8 @@ pub(crate) struct LiveSet {
     slots: Vec<Option<Weak<dyn LiveCrossing>>>,
     free: Vec<usize>,
     len: usize,
+    /// Crossings that ever joined (wrapping).
+    joined: usize,
     /// Set once the loop is closed: no crossing may join any more.
     closed: bool,
 }
@@ -51,6 +53,7 @@ impl LiveSet {
             return None;
         }
         self.len += 1;
+        self.joined = self.joined.wrapping_add(1);
         Some(LiveKey(match self.free.pop() {
             Some(i) => {
                 self.slots[i] = Some(crossing);
@@ -72,6 +75,11 @@ impl LiveSet {
                 self.free.push(key.0);
             }
         }
+    }
+
+    /// How many crossings ever joined (wrapping): a cheap sign of activity.
+    pub(crate) fn joined(&self) -> usize {
+        self.joined
     }
 
     /// How many crossings are pending.

@@ -176,13 +176,18 @@ impl LoopQueue {
         event_loop: &Bound<'_, PyAny>,
         crossing: Weak<dyn LiveCrossing>,
     ) -> PyResult<LiveKey> {
-        let key = self
-            .lock_live()
-            .insert(crossing)
-            .ok_or(crate::BridgeError::LoopClosed)?;
-        // Work for the loop begins now: staleness counts from here. (Usually this is the loop
-        // thread at work, too.)
-        self.vitals.beat();
+        let (key, joined) = {
+            let mut live = self.lock_live();
+            let key = live
+                .insert(crossing)
+                .ok_or(crate::BridgeError::LoopClosed)?;
+            (key, live.joined())
+        };
+        if joined % 64 == 0 {
+            // Crossings being made (usually by the loop thread itself) are a sign of life: a
+            // loop busy making thousands of them is not a silent one. Every 64th, for cost.
+            self.vitals.beat();
+        }
         crate::watch::keep_alive(self, event_loop);
         Ok(key)
     }

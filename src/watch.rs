@@ -137,6 +137,11 @@ struct Heartbeat {
 #[pymethods]
 impl Heartbeat {
     fn __call__(slf: &Bound<'_, Self>) {
+        // L3: counted like any bridge frame, and no beat once the interpreter exits (a frame
+        // that runs Python code is one finalization could kill a daemon loop thread in).
+        let Ok(_entry) = crate::exit::enter() else {
+            return;
+        };
         let Some(queue) = slf.get().queue.upgrade() else {
             return;
         };

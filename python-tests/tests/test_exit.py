@@ -81,10 +81,14 @@ def assert_clean(proc: subprocess.CompletedProcess) -> None:
     assert proc.stdout.strip().endswith("done"), proc.stdout
 
 
+# Rust awaits Python through `await_py_eager`, which hands the coroutine to the bridge at
+# once: the exit stops these Rust futures (L2), and one stopped before its first poll would
+# otherwise drop a coroutine it never handed over ("never awaited", as asyncio warns for a
+# task cancelled before it started).
 PENDING_BOTH_WAYS = """
 async def main():
     keep = [b.sleep_then(3600, i) for i in range(10_000)]
-    keep += [b.await_py(forever()) for _ in range(10_000)]
+    keep += [b.await_py_eager(forever()) for _ in range(10_000)]
     keep += [b.sleep_then(0.001 * (i % 5), i) for i in range(10_000)]
     await asyncio.sleep(0.002)
     return len(keep)
