@@ -10,10 +10,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 thread_local! {
     static RUNTIME_THREAD: Cell<bool> = const { Cell::new(false) };
+    static WATCHDOG_THREAD: Cell<bool> = const { Cell::new(false) };
 }
 
 static FROM_RUNTIME: AtomicU64 = AtomicU64::new(0);
 static FROM_OTHER: AtomicU64 = AtomicU64::new(0);
+static FROM_WATCHDOG: AtomicU64 = AtomicU64::new(0);
+
+/// Marks the calling thread as the L1 watchdog (its attaches are counted apart).
+pub(crate) fn mark_watchdog_thread() {
+    WATCHDOG_THREAD.with(|c| c.set(true));
+}
 
 /// Marks the calling thread as a runtime thread (installed as `on_thread_start`).
 pub(crate) fn mark_runtime_thread() {
@@ -33,6 +40,8 @@ pub(crate) fn is_runtime_thread() -> bool {
 pub(crate) fn attach<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> R {
     if is_runtime_thread() {
         FROM_RUNTIME.fetch_add(1, Ordering::Relaxed);
+    } else if WATCHDOG_THREAD.with(Cell::get) {
+        FROM_WATCHDOG.fetch_add(1, Ordering::Relaxed);
     } else {
         FROM_OTHER.fetch_add(1, Ordering::Relaxed);
     }
@@ -44,8 +53,10 @@ pub(crate) fn attach<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> R {
 pub struct AttachCounts {
     /// Attaches made on tokio runtime threads (must stay 0).
     pub runtime_threads: u64,
-    /// Attaches made on the bridge's own helper threads.
+    /// Attaches made on the bridge's own helper threads, the watchdog excepted.
     pub other_threads: u64,
+    /// Attaches made by the L1 watchdog (only ever to look at a silent loop).
+    pub watchdog: u64,
 }
 
 /// Snapshot of the attach counters.
@@ -53,5 +64,6 @@ pub fn attach_counts() -> AttachCounts {
     AttachCounts {
         runtime_threads: FROM_RUNTIME.load(Ordering::Relaxed),
         other_threads: FROM_OTHER.load(Ordering::Relaxed),
+        watchdog: FROM_WATCHDOG.load(Ordering::Relaxed),
     }
 }

@@ -97,8 +97,9 @@ enum Wake {
 pub(crate) struct LoopQueue {
     pending: Mutex<Pending>,
     wake: Wake,
-    /// `loop.call_soon_threadsafe` and the drainer, for [`Wake::Threadsafe`].
-    threadsafe: OnceLock<(Py<PyAny>, Py<Drainer>)>,
+    /// The drainer, for [`Wake::Threadsafe`]. (The loop is looked up through `event_loop` at
+    /// each wakeup: a strong reference here would keep every such loop alive for good.)
+    threadsafe: OnceLock<Py<Drainer>>,
     /// The loop, held weakly: the watchdog asks it `is_closed()` (L1). `None` only in `Drop`.
     event_loop: Option<Py<PyWeakrefReference>>,
     /// The crossings pending on the loop (L1, L2).
@@ -326,8 +327,8 @@ impl Drop for LoopQueue {
                 .get_mut()
                 .unwrap_or_else(PoisonError::into_inner);
             std::mem::forget(std::mem::take(&mut pending.jobs));
-            if let Some(pair) = self.threadsafe.take() {
-                std::mem::forget(pair);
+            if let Some(drainer) = self.threadsafe.take() {
+                std::mem::forget(drainer);
             }
             std::mem::forget(self.event_loop.take());
         }
@@ -399,10 +400,15 @@ fn waker_thread() -> &'static mpsc::Sender<Arc<LoopQueue>> {
                     // leaks its Python references rather than touch the interpreter.
                     attach_unless_exiting(|py| {
                         for q in batch {
-                            if let Some((call_soon, drainer)) = q.threadsafe.get() {
+                            if let (Some(drainer), Some(event_loop)) =
+                                (q.threadsafe.get(), q.event_loop(py))
+                            {
                                 // A closed loop refuses the call: its jobs wait for the
                                 // watchdog, which drops them when it finds the loop closed (L1).
-                                let _ = call_soon.bind(py).call1((drainer.clone_ref(py),));
+                                let _ = event_loop.call_method1(
+                                    intern!(py, "call_soon_threadsafe"),
+                                    (drainer.clone_ref(py),),
+                                );
                             }
                             drop(q);
                         }
@@ -475,8 +481,7 @@ impl LoopQueue {
         )?;
         // The waker thread attaches, and drains run: both stop when the interpreter exits.
         register_atexit_hook(py)?;
-        let call_soon = event_loop.getattr(intern!(py, "call_soon_threadsafe"))?;
-        let _ = queue.threadsafe.set((call_soon.unbind(), drainer));
+        let _ = queue.threadsafe.set(drainer);
         Ok(queue)
     }
 }

@@ -250,6 +250,7 @@ fn look(py: Python<'_>, queue: &LoopQueue) {
 /// The watchdog thread's body: the bridge's own thread, which attaches only to look at a
 /// suspect loop, and never once the interpreter exits (L3).
 fn watchdog() {
+    crate::attach::mark_watchdog_thread();
     let alarm = alarm();
     loop {
         // Sleep until some loop has work pending.

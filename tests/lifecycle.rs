@@ -133,7 +133,10 @@ fn l1_pyfutures_on_a_closed_loop_fail_promptly_started_or_not() {
             get_runtime().spawn(async move {
                 // Formatted and dropped attached: the error holds a Python object (A1).
                 let outcome = match fut.await {
-                    Ok(v) => Ok(Python::attach(move |_| drop(v))),
+                    Ok(v) => {
+                        Python::attach(move |_| drop(v));
+                        Ok(())
+                    }
                     Err(e) => Err(Python::attach(move |_| e.to_string())),
                 };
                 let _ = tx.send(outcome);
