@@ -143,7 +143,7 @@ fn child() {
             assert!(is_default(&sigint_handler(py)));
             // Another thread: nothing installed.
             let during = py.detach(|| {
-                std::thread::spawn(|| Python::attach(|py| handler_during_run(py)))
+                std::thread::spawn(|| Python::attach(handler_during_run))
                     .join()
                     .expect("thread")
             });
