@@ -1,17 +1,29 @@
-//! The tokio runtime: crossings in both directions, task-local [`TaskLocals`], the runtime.
+//! The tokio runtime: crossings in both directions, task-local [`TaskLocals`], the runtime
+//! ([`init`], [`get_handle`], …), the entry points [`run`], [`run_until_complete`] and
+//! [`block_on_python`].
 //!
 //! Mirrors `pyo3_async_runtimes::tokio`.
 
-use crate::attach::mark_runtime_thread;
 use crate::cancel::Shared;
 use crate::into_py::{drive, new_crossing};
 use crate::{IntoPyOptions, PyFuture, TaskLocals};
 use pyo3::prelude::*;
 use std::future::Future;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-pub use ::tokio::runtime::{Builder, Runtime};
+mod blocking;
+mod interrupt;
+mod run;
+mod runtime;
+
+pub use blocking::block_on_python;
+pub use run::{run, run_until_complete};
+pub(crate) use runtime::handle;
+pub use runtime::{
+    get_handle, get_runtime, init, init_with_handle, init_with_runtime, AlreadyInitialized,
+    Builder, Handle, Runtime, DRIVER_THREAD,
+};
 
 pub use ::tokio::task::JoinHandle;
 
@@ -51,35 +63,6 @@ impl CancelScope {
     }
 }
 
-static BUILDER: Mutex<Option<Builder>> = Mutex::new(None);
-static RUNTIME: OnceLock<Runtime> = OnceLock::new();
-
-/// Sets the builder of the runtime [`get_runtime`] creates. Has no effect once it exists.
-pub fn init(builder: Builder) {
-    *BUILDER.lock().unwrap_or_else(PoisonError::into_inner) = Some(builder);
-}
-
-/// The bridge's tokio runtime: by default a multi-thread runtime, built on first use.
-///
-/// # Panics
-/// When the runtime cannot be built (for example a builder given to [`init`] is invalid).
-pub fn get_runtime() -> &'static Runtime {
-    RUNTIME.get_or_init(|| {
-        let user = BUILDER
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        let mut builder = user.unwrap_or_else(|| {
-            let mut b = Builder::new_multi_thread();
-            b.enable_all()
-                .thread_name("pyo3-async-bridge-worker")
-                .on_thread_start(mark_runtime_thread);
-            b
-        });
-        builder.build().expect("failed to build the tokio runtime")
-    })
-}
-
 /// Runs `fut` with `locals` as the current [`TaskLocals`] (C1). The inner future is also
 /// dropped inside the scope, so its destructors see the same locals.
 pub fn scope<F, R>(locals: TaskLocals, fut: F) -> impl Future<Output = R> + Send
@@ -114,7 +97,8 @@ pub fn get_current_locals(py: Python<'_>) -> PyResult<TaskLocals> {
 
 /// Converts a Rust future into an `asyncio.Future` on the current loop.
 ///
-/// The context is copied here, at the call (C8). The future runs on [`get_runtime`] inside
+/// The context is copied here, at the call (C8). The future runs on the bridge's runtime
+/// ([`get_handle`]) inside
 /// [`scope`] with those locals (C1).
 ///
 /// # Examples
@@ -216,7 +200,7 @@ where
         CANCEL.scope(cancel, drive(crossing.shared, options.cancel, fut)),
     );
     let delivery = crossing.delivery;
-    get_runtime().spawn(async move { delivery.send(task.await) });
+    handle().spawn(async move { delivery.send(task.await) });
     Ok(py_fut)
 }
 
@@ -240,7 +224,7 @@ pub fn cancellation_reason() -> Option<String> {
     CANCEL.try_with(|c| c.shared.reason()).ok().flatten()
 }
 
-/// Spawns `fut` on the bridge's runtime ([`get_runtime`]) carrying the current crossing: the
+/// Spawns `fut` on the bridge's runtime ([`get_handle`]) carrying the current crossing: the
 /// same [`TaskLocals`] scope (C1) and a child of its cancellation token (C6).
 ///
 /// The handle resolves to `None` when the crossing was stopped before `fut` finished; `fut` is
@@ -251,7 +235,7 @@ pub fn cancellation_reason() -> Option<String> {
 /// cooperate too. A plain `tokio::spawn` carries neither the locals nor the tokens: its future
 /// sees no crossing and runs on when the crossing is cancelled.
 ///
-/// Outside any crossing this is `get_runtime().spawn`, with the current locals if a [`scope`]
+/// Outside any crossing this is `get_handle().spawn`, with the current locals if a [`scope`]
 /// is active.
 ///
 /// # Examples
@@ -293,8 +277,8 @@ where
     F::Output: Send + 'static,
 {
     match locals {
-        Some(locals) => get_runtime().spawn(scope(locals, fut)),
-        None => get_runtime().spawn(fut),
+        Some(locals) => handle().spawn(scope(locals, fut)),
+        None => handle().spawn(fut),
     }
 }
 

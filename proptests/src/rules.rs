@@ -202,7 +202,11 @@ impl Rules {
                         "invariant 6: the exit stopped a producer in {:?}",
                         o.before
                     );
-                    prop_assert_eq!(o.after, Phase::Cancelling, "L2: the exit ended the consumer");
+                    prop_assert_eq!(
+                        o.after,
+                        Phase::Cancelling,
+                        "L2: the exit ended the consumer"
+                    );
                     if self.reason.is_none() {
                         self.reason = Some(EXIT_REASON.to_owned());
                     }

@@ -3,6 +3,7 @@
 mod cancel;
 mod drop;
 mod lifecycle;
+mod runtime;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -242,6 +243,7 @@ fn bridge_pytests(m: &Bound<'_, PyModule>) -> PyResult<()> {
     cancel::register(m)?;
     drop::register(m)?;
     lifecycle::register(m)?;
+    runtime::register(m)?;
     m.add_function(wrap_pyfunction!(sleep_then, m)?)?;
     m.add_function(wrap_pyfunction!(ready, m)?)?;
     m.add_function(wrap_pyfunction!(add_one, m)?)?;
