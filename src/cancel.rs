@@ -192,6 +192,11 @@ impl crate::live::LiveCrossing for Shared {
     /// L2: the Rust future is stopped now; if its loop still runs, the future ends cancelled
     /// with [`EXIT_CANCEL_MESSAGE`] once the runtime thread reports it gone.
     fn exiting(&self) -> bool {
+        if !self.producer_running() {
+            // The outcome is computed (it may wait in the queue): nothing to stop, and a loop
+            // run again by a later `atexit` handler still gets it.
+            return false;
+        }
         let action = self.machine().shutdown(EXIT_CANCEL_MESSAGE);
         self.carry_out(action) == Action::Stop
     }

@@ -115,7 +115,10 @@ fn quiesce_bridge(py: Python<'_>) {
     py.detach(|| {
         let deadline = Instant::now() + QUIESCE_LIMIT;
         wait_for_zero(&ACTIVE, deadline);
-        wait_for_zero(&WAKER_ACTIVE, deadline);
+        // Its own bound: a bridge thread counted in may be waiting for the GIL that this
+        // thread just released, and must be let through before finalization, however long the
+        // wait above took.
+        wait_for_zero(&WAKER_ACTIVE, Instant::now() + QUIESCE_LIMIT);
         // L2: the Rust futures just stopped are dropped on their runtime threads, with the GIL
         // free for any destructor that needs it.
         while stopped.iter().any(|c| c.producer_running()) && Instant::now() < deadline {

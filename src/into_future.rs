@@ -98,7 +98,7 @@ impl Link {
 impl LiveCrossing for Link {
     /// L1, the watchdog, attached: the `PyFuture` fails with the loop's error now, and the
     /// task is let go here (a task the bridge created does not log "destroyed but pending").
-    fn loop_closed(&self, _py: Python<'_>) {
+    fn loop_closed(&self, py: Python<'_>) {
         let (action, task, tx) = {
             let mut linked = self.lock();
             let action = linked.machine.on(Event::LoopClosed);
@@ -109,7 +109,9 @@ impl LiveCrossing for Link {
                 let _ = tx.send(Err(BridgeError::LoopClosed.into()));
             }
         }
-        drop(task);
+        if let Some(task) = task {
+            let_go_quietly(task.bind(py));
+        }
     }
 }
 
@@ -152,13 +154,42 @@ impl Drop for PyFuture {
             }
         };
         if let Some(task) = task {
-            // Loop thread, through the queue: C4.
+            // Loop thread, through the queue: C4. Dropped unrun (the loop closed first, L1),
+            // the task is let go quietly.
+            let task = QuietTask(Some(task));
             self.link.queue.push(Box::new(move |py| {
-                cancel_task(task.bind(py));
+                if let Some(task) = task.take() {
+                    cancel_task(task.bind(py));
+                }
                 drop(value);
             }));
         } else if value.is_some() {
             self.link.queue.release(value);
+        }
+    }
+}
+
+/// The bridge lets go of a task whose loop closed under it (L1): asyncio must not report it
+/// "destroyed but pending", as `run_until_complete` does for the task it made. Attached.
+fn let_go_quietly(task: &Bound<'_, PyAny>) {
+    // A loop whose tasks lack the flag keeps its default.
+    let _ = task.setattr(intern!(task.py(), "_log_destroy_pending"), false);
+}
+
+/// A task on its way to be cancelled on the loop thread. If the job carrying it is dropped
+/// unrun (its loop closed, L1), the task is let go quietly. Jobs are dropped only attached.
+struct QuietTask(Option<Py<PyAny>>);
+
+impl QuietTask {
+    fn take(mut self) -> Option<Py<PyAny>> {
+        self.0.take()
+    }
+}
+
+impl Drop for QuietTask {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            crate::ffi::if_attached(|py| let_go_quietly(task.bind(py)));
         }
     }
 }
@@ -224,6 +255,7 @@ pub(crate) fn into_future_entered(
     };
     let (tx, rx) = oneshot::channel();
     let event_loop = locals.event_loop(py);
+    let on_loop_thread = crate::watch::on_loop_thread(&event_loop);
     let link = Arc::new(Link::new(queue, tx));
     // L1: pending on its loop until the task is done (or the loop closes); refused on a
     // closed loop.
@@ -239,8 +271,7 @@ pub(crate) fn into_future_entered(
     let completer = Completer {
         link: Arc::clone(&link),
     };
-    let running = crate::py::running_loop_or_none(py)?;
-    if running.is(&event_loop) {
+    if on_loop_thread {
         start(locals, awaitable, is_coro, completer);
     } else {
         let locals = locals.clone();
@@ -291,9 +322,16 @@ fn start(
                     _ => linked.task = Some(task.clone().unbind()),
                 }
             }
+            let link = Arc::clone(&completer.link);
             let completer = match Py::new(py, completer) {
                 Ok(c) => c,
-                Err(e) => return e.write_unraisable(py, Some(&task)),
+                Err(e) => {
+                    // Nothing will report the task's end: the `PyFuture` learns it from its
+                    // dropped sender, and the crossing is no longer pending (L1).
+                    link.lock().task = None;
+                    link.settled();
+                    return e.write_unraisable(py, Some(&task));
+                }
             };
             if let Err(e) = task.call_method1(intern!(py, "add_done_callback"), (&completer,)) {
                 // Nothing will report the task's end: the `PyFuture` gets this error now, and the

@@ -73,6 +73,11 @@ impl LiveSet {
             if slot.take().is_some() {
                 self.len -= 1;
                 self.free.push(key.0);
+                if self.len == 0 && self.slots.len() > 1024 {
+                    // A burst is over: give its memory back.
+                    self.slots = Vec::new();
+                    self.free = Vec::new();
+                }
             }
         }
     }

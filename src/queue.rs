@@ -184,9 +184,10 @@ impl LoopQueue {
                 .ok_or(crate::BridgeError::LoopClosed)?;
             (key, live.joined())
         };
-        if joined % 64 == 0 {
-            // Crossings being made (usually by the loop thread itself) are a sign of life: a
-            // loop busy making thousands of them is not a silent one. Every 64th, for cost.
+        if joined % 64 == 0 && crate::watch::on_loop_thread(event_loop) {
+            // The loop thread making crossings is a sign of life: a loop busy making thousands
+            // of them is not a silent one. (Another thread making them is not: the loop may be
+            // closed under it.) Every 64th, for cost.
             self.vitals.beat();
         }
         crate::watch::keep_alive(self, event_loop);

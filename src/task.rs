@@ -64,7 +64,7 @@ pub(crate) fn create_task<'py>(
             ctx.call_method1(intern!(py, "run"), (&starter, &awaitable))
         }
     };
-    let task = match run(&ctx) {
+    match run(&ctx) {
         // `ctx` is entered right now (a synchronous call inside the same crossing): run in a
         // copy instead, which is what the task would see anyway. Any other error stands.
         Err(e) if !ctx.is_none() && is_context_entered_error(py, &e) => {
@@ -72,14 +72,7 @@ pub(crate) fn create_task<'py>(
             run(&copy)
         }
         other => other,
-    }?;
-    if is_coro {
-        // A task the bridge made is let go by the bridge alone: when its loop closed under it
-        // (L1), not "destroyed but pending" noise. asyncio's own `run_until_complete` does the
-        // same for the task it makes. A loop whose tasks lack the flag keeps its default.
-        let _ = task.setattr(intern!(py, "_log_destroy_pending"), false);
     }
-    Ok(task)
 }
 
 /// `Context.run` on a context that is already entered raises this `RuntimeError`.

@@ -88,10 +88,7 @@ pub(crate) fn keep_alive(queue: &Arc<LoopQueue>, event_loop: &Bound<'_, PyAny>) 
         return; // "No double heartbeat".
     }
     vitals.beat(); // The first beat is due a HEARTBEAT from now.
-    let py = event_loop.py();
-    let on_loop_thread =
-        crate::py::running_loop_or_none(py).is_ok_and(|running| running.is(event_loop));
-    if on_loop_thread {
+    if on_loop_thread(event_loop) {
         schedule_first(queue, event_loop);
     } else {
         let weak = Arc::downgrade(queue);
@@ -102,6 +99,11 @@ pub(crate) fn keep_alive(queue: &Arc<LoopQueue>, event_loop: &Bound<'_, PyAny>) 
         }));
     }
     request();
+}
+
+/// Whether `event_loop` is the loop running in this (attached) thread.
+pub(crate) fn on_loop_thread(event_loop: &Bound<'_, PyAny>) -> bool {
+    crate::py::running_loop_or_none(event_loop.py()).is_ok_and(|running| running.is(event_loop))
 }
 
 /// Loop thread: schedules the first beat, in a fresh empty context so that no caller's
@@ -155,6 +157,9 @@ impl Heartbeat {
             if queue.live_len() == 0 || vitals.beating.swap(true, Ordering::SeqCst) {
                 return;
             }
+            // Beating again: a watchdog scan in between may have found this loop quiet and
+            // gone idle ("No missed loop"; only possible without the GIL).
+            request();
         }
         let py = slf.py();
         if let Ok(running) = crate::py::running_loop_or_none(py) {

@@ -181,6 +181,57 @@ fn l1_pyfutures_on_a_closed_loop_fail_promptly_started_or_not() {
     });
 }
 
+#[test]
+fn l1_crossings_made_from_another_thread_do_not_hide_a_closed_loop() {
+    // Another thread keeps making crossings on a loop that closed: that is no sign of life
+    // of the loop, so the close is still noticed promptly and every PyFuture fails.
+    Python::attach(|py| {
+        let event_loop = new_loop(py);
+        let locals = TaskLocals::new(event_loop.clone());
+        let sleep = py
+            .import("asyncio")
+            .unwrap()
+            .call_method1("sleep", (0.01,))
+            .unwrap();
+        run(&event_loop, &sleep).unwrap_or_else(|e| fail(py, e));
+        event_loop.call_method0("close").unwrap();
+        let closed_at = Instant::now();
+        let (tx, mut rx) = mpsc::channel::<Duration>();
+        let submitted = py.detach(|| {
+            std::thread::spawn(move || {
+                let mut submitted = 0usize;
+                while closed_at.elapsed() < DEADLINE {
+                    let made = Python::attach(|py| {
+                        let coro = helpers(py).call_method0("forever").unwrap();
+                        into_future_with_locals(&locals, coro).ok()
+                    });
+                    let Some(fut) = made else {
+                        break; // refused: the bridge knows the loop is closed
+                    };
+                    submitted += 1;
+                    let tx = tx.clone();
+                    get_runtime().spawn(async move {
+                        let outcome = fut.await;
+                        let _ = tx.send(closed_at.elapsed());
+                        Python::attach(move |_| drop(outcome));
+                    });
+                    std::thread::sleep(Duration::from_millis(1)); // a steady stream
+                }
+                submitted
+            })
+            .join()
+            .unwrap()
+        });
+        assert!(submitted > 0);
+        let resolved = receive(py, &mut rx, submitted, "PyFutures on the closed loop");
+        let last = resolved.into_iter().max().unwrap();
+        assert!(
+            last < PROMPT,
+            "the last PyFuture failed {last:?} after the close"
+        );
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // L2: a Rust binary that exits with work pending.
 

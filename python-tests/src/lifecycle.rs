@@ -195,16 +195,25 @@ fn await_py_eager<'py>(
     future_into_py(py, fut)
 }
 
-/// Crossings pending on every loop the bridge knows, and loops found closed:
-/// `(live, loops_closed)`.
+/// Crossings pending on every loop the bridge knows, loops found closed, and the watchdog's
+/// attaches: `(live, loops_closed, watchdog_attaches)`.
 #[pyfunction]
-fn lifecycle_stats() -> (usize, u64) {
-    let live = pyo3_async_bridge::debug::live_crossings();
-    (live, pyo3_async_bridge::debug::queue_stats().loops_closed)
+fn lifecycle_stats() -> (usize, u64, u64) {
+    use pyo3_async_bridge::debug;
+    let live = debug::live_crossings();
+    (
+        live,
+        debug::queue_stats().loops_closed,
+        debug::attach_counts().watchdog,
+    )
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<LifeProbe>()?;
+    m.add(
+        "EXIT_CANCEL_MESSAGE",
+        pyo3_async_bridge::EXIT_CANCEL_MESSAGE,
+    )?;
     m.add_function(wrap_pyfunction!(await_py_eager, m)?)?;
     m.add_function(wrap_pyfunction!(lifecycle_stats, m)?)?;
     Ok(())

@@ -23,6 +23,7 @@ import textwrap
 
 import pytest
 
+import bridge_pytests as b
 from conftest import LOOP_KINDS, THREADSAFE_WAKEUP
 
 #: Runs per scenario and loop kind: the daemon-thread crash it guards against showed up in
@@ -241,3 +242,40 @@ asyncio.run_coroutine_threadsafe(begin(), state["loop"]).result(timeout=20)
         assert_clean(proc)
         expected = "HUNG" if THREADSAFE_WAKEUP else "flushed the last batch"
         assert expected in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+def test_l2_exit_stops_only_unfinished_work_on_loops_that_no_longer_run(loop_kind):
+    # The loop is not running when the bridge's hook runs; a handler that runs after the hook
+    # runs it again. A crossing whose Rust future had already finished still delivers its value
+    # (nothing to stop); one whose Rust future still ran was stopped by the hook and ends
+    # cancelled with the exit message (L2).
+    body = """
+import atexit
+
+def finish_later():
+    done = loop.run_until_complete(finished)
+    try:
+        loop.run_until_complete(unfinished)
+    except asyncio.CancelledError as e:
+        print("unfinished:", e.args[0] if e.args else None, flush=True)
+    loop.close()
+    print("finished:", done, flush=True)
+    print("done", flush=True)
+
+atexit.register(finish_later)  # before the bridge's own hook: so it runs after it
+
+loop = new_loop()
+probe = b.LifeProbe()
+
+async def begin():
+    return b.ready(42), probe.forever()
+
+finished, unfinished = loop.run_until_complete(begin())
+assert probe.wait_started(1, 20)
+"""
+    for _ in range(4):
+        proc = run_script(body, loop_kind)
+        assert_clean(proc)
+        assert "finished: 42" in proc.stdout, proc.stdout
+        assert "unfinished: %s" % b.EXIT_CANCEL_MESSAGE in proc.stdout, proc.stdout
