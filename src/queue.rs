@@ -106,7 +106,7 @@ pub(crate) struct LoopQueue {
     live: Mutex<LiveSet>,
     /// Set, under the `pending` lock, once the loop is seen closed (L1).
     closed: AtomicBool,
-    /// Heartbeat state, read by the watchdog (L1).
+    /// Signs of life and pings, read by the watchdog (L1).
     pub(crate) vitals: Vitals,
 }
 
@@ -150,9 +150,9 @@ impl LoopQueue {
             After::Nothing => {}
             After::Wake => {
                 WAKEUPS.fetch_add(1, Ordering::Relaxed);
-                // A drain is owed from now on: the watchdog measures staleness from here.
-                self.vitals.wakeup_owed();
                 self.wake();
+                // A drain is owed: make sure the watchdog looks at this loop (L1).
+                crate::watch::request();
             }
             After::Drop(job) => drop(job),
             After::AskSweep => crate::watch::request(),
@@ -167,8 +167,8 @@ impl LoopQueue {
         self.live.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Attached thread: registers a pending crossing on this queue's loop (`event_loop`), and
-    /// starts the loop's heartbeat if none runs (L1).
+    /// Attached thread: registers a pending crossing on this queue's loop (`event_loop`), which
+    /// the watchdog then watches (L1).
     ///
     /// # Errors
     /// `RuntimeError` when the loop was already seen closed.
@@ -190,7 +190,7 @@ impl LoopQueue {
             // closed under it.) Every 64th, for cost.
             self.vitals.beat();
         }
-        crate::watch::keep_alive(self, event_loop);
+        crate::watch::request(); // L1: the watchdog looks at this loop while work is pending.
         Ok(key)
     }
 

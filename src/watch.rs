@@ -1,72 +1,57 @@
 //! Noticing that an event loop closed while crossings were pending on it (rule L1).
 //!
-//! asyncio has no close hook (and uvloop allows no monkeypatching), so the bridge watches:
-//! - While crossings are pending on a loop, the loop thread runs a cheap **heartbeat**
-//!   (`loop.call_later`, every [`HEARTBEAT`]) that records a sign of life; so does every drain.
+//! asyncio has no close hook (and uvloop allows no monkeypatching), so the bridge watches,
+//! without scheduling anything on a healthy loop:
+//! - Every drain of a loop's queue is a **sign of life** (so is every 64th crossing the loop
+//!   thread makes). A loop at work shows them all the time, at no extra cost.
 //! - The bridge's **watchdog** thread (never a runtime thread) looks at the signs every
-//!   [`PERIOD`] without attaching. Only for a loop with work pending and no sign of life for
-//!   [`STALE`] does it attach and ask `loop.is_closed()`. A closed (or collected) loop has its
-//!   queue closed ([`LoopQueue::close`]): pending crossings end, queued jobs are dropped.
+//!   [`PERIOD`] without attaching. A loop with work pending and no sign of life for [`STALE`]
+//!   gets a **ping**: an empty job through its queue, which wakes it like any delivery (a byte
+//!   into its socket). A live loop drains it at once, which is a sign of life.
+//! - Only a loop that leaves its ping undrained for [`PING_WAIT`] makes the watchdog attach and
+//!   ask `loop.is_closed()`. A closed (or collected) loop has its queue closed
+//!   ([`LoopQueue::close`]): pending crossings end, queued jobs are dropped.
 //!
-//! A healthy loop costs one timer callback per [`HEARTBEAT`] while work is pending, and the
-//! watchdog never takes the GIL from it. A loop that is merely blocked, or stopped between two
-//! `run_until_complete` calls, costs one attach per [`PERIOD`] while it stays so.
+//! So a closed loop is found within `STALE + PING_WAIT + 2 × PERIOD` (0.85 s) of its last sign
+//! of life. A healthy loop costs nothing while it works, and one empty drain per `STALE` while
+//! it idles with crossings pending; the watchdog never takes the GIL from it. A loop that is
+//! blocked, or stopped between two `run_until_complete` calls, costs one attach per ping cycle.
 //!
 //! # No missed loop
 //! The watchdog sleeps (on a condition variable) only after a scan that found nothing to
-//! watch, and it announces that it is going idle *before* that scan. A loop that gains work
-//! announces it *after* recording it ([`keep_alive`], [`request`]). With a `SeqCst` fence on
-//! each side, either the scan sees the work or the announcement sees the watchdog idle and
+//! watch, and it announces that it is going idle *before* that scan. Work for a loop is
+//! recorded (a crossing joins, a wakeup is owed) *before* [`request`] is called. With a `SeqCst`
+//! fence on each side, either the scan sees the work or `request` sees the watchdog idle and
 //! wakes it.
-//!
-//! # No double heartbeat
-//! `beating` is true while a heartbeat is scheduled. The heartbeat clears it when no crossing
-//! is pending, and then looks at the count again under the live-set lock; a crossing joining
-//! counts itself under that lock and then sets `beating`. Whoever swaps it from false to true
-//! schedules the next beat; the other does nothing.
 
 use crate::exit::attach_unless_exiting;
 use crate::queue::LoopQueue;
 use pyo3::intern;
 use pyo3::prelude::*;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-/// How often a loop with pending crossings shows a sign of life.
-pub const HEARTBEAT: Duration = Duration::from_millis(100);
-/// How long without a sign of life before the watchdog asks the loop whether it is closed.
-pub const STALE: Duration = Duration::from_millis(400);
+/// How long without a sign of life before a loop with work pending is pinged.
+pub const STALE: Duration = Duration::from_millis(250);
+/// How long a ping may stay undrained before the watchdog asks the loop whether it is closed.
+pub const PING_WAIT: Duration = Duration::from_millis(200);
 /// How often the watchdog looks, while any loop has work pending.
 pub const PERIOD: Duration = Duration::from_millis(200);
 
-/// A loop's signs of life, kept in its queue.
+/// A loop's signs of life, kept in its queue. Times are milliseconds since [`epoch`].
 #[derive(Default)]
 pub(crate) struct Vitals {
-    /// A heartbeat is scheduled (or being scheduled) on the loop.
-    beating: AtomicBool,
-    /// The last sign of life, in milliseconds since [`epoch`].
+    /// The last sign of life.
     last_sign: AtomicU64,
+    /// When the outstanding ping was sent; 0 when none is.
+    pinged_at: AtomicU64,
 }
 
 impl Vitals {
     /// Loop thread: the loop runs.
     pub(crate) fn beat(&self) {
         self.last_sign.store(now_ms(), Ordering::Relaxed);
-    }
-
-    /// Any thread: a drain is owed from now on (a wakeup was just sent). Staleness counts from
-    /// here, so work that arrives after a long quiet spell gets a full [`STALE`] period.
-    pub(crate) fn wakeup_owed(&self) {
-        self.beat();
-        if !self.beating.load(Ordering::Relaxed) {
-            // No heartbeat keeps the watchdog looking at this loop: make sure it does.
-            request();
-        }
-    }
-
-    fn silent_for(&self, now: u64) -> Duration {
-        Duration::from_millis(now.saturating_sub(self.last_sign.load(Ordering::Relaxed)))
     }
 }
 
@@ -75,99 +60,20 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
+/// Milliseconds since [`epoch`], never 0 (0 means "no ping outstanding").
 fn now_ms() -> u64 {
-    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
+    u64::try_from(epoch().elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
-/// Attached thread, after a crossing joined `queue`: makes sure a heartbeat runs on
-/// `event_loop` and the watchdog looks at it. On the loop thread the first beat is scheduled
-/// at once; elsewhere it is a job for the loop thread.
-pub(crate) fn keep_alive(queue: &Arc<LoopQueue>, event_loop: &Bound<'_, PyAny>) {
-    let vitals = &queue.vitals;
-    if vitals.beating.load(Ordering::Relaxed) || vitals.beating.swap(true, Ordering::SeqCst) {
-        return; // "No double heartbeat".
-    }
-    vitals.beat(); // The first beat is due a HEARTBEAT from now.
-    if on_loop_thread(event_loop) {
-        schedule_first(queue, event_loop);
-    } else {
-        let weak = Arc::downgrade(queue);
-        queue.push(Box::new(move |py| {
-            if let (Some(q), Ok(running)) = (weak.upgrade(), crate::py::running_loop_or_none(py)) {
-                schedule_first(&q, &running);
-            }
-        }));
-    }
-    request();
+fn since(then: u64, now: u64) -> Duration {
+    Duration::from_millis(now.saturating_sub(then))
 }
 
 /// Whether `event_loop` is the loop running in this (attached) thread.
 pub(crate) fn on_loop_thread(event_loop: &Bound<'_, PyAny>) -> bool {
     crate::py::running_loop_or_none(event_loop.py()).is_ok_and(|running| running.is(event_loop))
-}
-
-/// Loop thread: schedules the first beat, in a fresh empty context so that no caller's
-/// context values stay alive with the timer. On failure `beating` stays set: the watchdog
-/// keeps looking at this loop, which will go stale and be asked whether it is closed.
-fn schedule_first(queue: &Arc<LoopQueue>, event_loop: &Bound<'_, PyAny>) {
-    let py = event_loop.py();
-    let scheduled = (|| -> PyResult<()> {
-        let heartbeat = Heartbeat {
-            queue: Arc::downgrade(queue),
-        };
-        let kwargs = pyo3::types::PyDict::new(py);
-        kwargs.set_item(
-            intern!(py, "context"),
-            crate::py::context_type(py)?.call0()?,
-        )?;
-        event_loop.call_method(
-            intern!(py, "call_later"),
-            (HEARTBEAT.as_secs_f64(), heartbeat),
-            Some(&kwargs),
-        )?;
-        Ok(())
-    })();
-    drop(scheduled); // See the doc comment: failure is the watchdog's to notice.
-}
-
-/// The heartbeat callback. Loop thread, scheduled with `loop.call_later`.
-#[pyclass(frozen, module = "pyo3_async_bridge")]
-struct Heartbeat {
-    queue: Weak<LoopQueue>,
-}
-
-#[pymethods]
-impl Heartbeat {
-    fn __call__(slf: &Bound<'_, Self>) {
-        // L3: counted like any bridge frame, and no beat once the interpreter exits (a frame
-        // that runs Python code is one finalization could kill a daemon loop thread in).
-        let Ok(_entry) = crate::exit::enter() else {
-            return;
-        };
-        let Some(queue) = slf.get().queue.upgrade() else {
-            return;
-        };
-        let vitals = &queue.vitals;
-        vitals.beat();
-        if queue.live_len() == 0 {
-            vitals.beating.store(false, Ordering::SeqCst);
-            // "No double heartbeat": a crossing that joined meanwhile either saw `false` and
-            // scheduled its own beat (the swap below then fails), or did not (then this one goes
-            // on).
-            if queue.live_len() == 0 || vitals.beating.swap(true, Ordering::SeqCst) {
-                return;
-            }
-            // Beating again: a watchdog scan in between may have found this loop quiet and
-            // gone idle ("No missed loop"; only possible without the GIL).
-            request();
-        }
-        let py = slf.py();
-        if let Ok(running) = crate::py::running_loop_or_none(py) {
-            // Inherits this callback's (empty) context. A failure leaves `beating` set; see
-            // `schedule_first`.
-            let _ = running.call_method1(intern!(py, "call_later"), (HEARTBEAT.as_secs_f64(), slf));
-        }
-    }
 }
 
 /// The watchdog's wake-up: whether a request came while it slept, and whether it sleeps.
@@ -211,9 +117,11 @@ pub(crate) fn request() {
 enum Verdict {
     /// No work pending: nothing to watch.
     Quiet,
-    /// Work pending, and the loop showed a sign of life lately.
+    /// Work pending, and the loop showed a sign of life lately (or answers a ping soon).
     Watch,
-    /// Attach and look: the loop has been silent too long, or it is closed with jobs to drop.
+    /// Work pending and silent: send a ping.
+    Ping,
+    /// Attach and look: the ping went unanswered, or the loop is closed with jobs to drop.
     Suspect,
 }
 
@@ -226,16 +134,32 @@ fn verdict(queue: &LoopQueue, now: u64) -> Verdict {
             Verdict::Quiet
         };
     }
-    if !armed && !queue.vitals.beating.load(Ordering::SeqCst) {
-        Verdict::Quiet
-    } else if queue.vitals.silent_for(now) >= STALE {
-        Verdict::Suspect
-    } else {
+    if !armed && queue.live_len() == 0 {
+        return Verdict::Quiet;
+    }
+    let vitals = &queue.vitals;
+    let last_sign = vitals.last_sign.load(Ordering::Relaxed);
+    let pinged_at = vitals.pinged_at.load(Ordering::Relaxed);
+    if since(last_sign, now) < STALE {
         Verdict::Watch
+    } else if pinged_at <= last_sign {
+        Verdict::Ping // none outstanding: the last one was answered, or none was sent
+    } else if since(pinged_at, now) < PING_WAIT {
+        Verdict::Watch
+    } else {
+        Verdict::Suspect
     }
 }
 
-/// Watchdog thread, attached: a suspect queue's loop is asked whether it is closed.
+/// Watchdog thread, not attached: wakes a silent loop with an empty job. Its drain, if the
+/// loop lives, is the sign of life.
+fn ping(queue: &Arc<LoopQueue>, now: u64) {
+    queue.vitals.pinged_at.store(now, Ordering::Relaxed);
+    queue.push(Box::new(|_py| {}));
+}
+
+/// Watchdog thread, attached: a suspect queue's loop is asked whether it is closed. An open
+/// one (blocked, or stopped) is pinged again on the next round.
 fn look(py: Python<'_>, queue: &LoopQueue) {
     if queue.is_closed() {
         return queue.sweep(py);
@@ -249,6 +173,8 @@ fn look(py: Python<'_>, queue: &LoopQueue) {
     };
     if closed {
         queue.close(py);
+    } else {
+        queue.vitals.pinged_at.store(0, Ordering::Relaxed);
     }
 }
 
@@ -277,18 +203,30 @@ fn watchdog() {
         loop {
             std::thread::sleep(PERIOD);
             let now = now_ms();
+            let mut pings = Vec::new();
             let mut suspects = Vec::new();
             let mut watching = false;
             crate::registry::for_each_queue(|q| match verdict(q, now) {
                 Verdict::Quiet => {}
                 Verdict::Watch => watching = true,
+                Verdict::Ping => {
+                    watching = true;
+                    pings.push(Arc::clone(q));
+                }
                 Verdict::Suspect => {
                     watching = true;
                     suspects.push(Arc::clone(q));
                 }
             });
+            // Outside the registry lock: a push may wake the loop (a socket write).
+            for q in &pings {
+                ping(q, now);
+            }
+            // The registry holds every queue, so these handles are not the last ones (should one
+            // be, its `Drop` leaks its Python references rather than release them here).
+            drop(pings);
+            // Suspects are released attached.
             if !suspects.is_empty() {
-                // The queues are released attached: a queue may hold the last references.
                 let looked = attach_unless_exiting(|py| {
                     for q in suspects.drain(..) {
                         look(py, &q);

@@ -31,8 +31,8 @@ from conftest import LOOP_KINDS
 RUNS = 3
 #: Deadline of one subprocess run.
 DEADLINE = 60
-#: "Promptly, within about a second": the watchdog notices a closed loop within STALE (0.4 s)
-#: + PERIOD (0.2 s) of its last sign of life; the margin absorbs a loaded machine.
+#: "Promptly, within about a second": the watchdog notices a closed loop within 0.85 s of its
+#: last sign of life (STALE + PING_WAIT + 2 x PERIOD); the margin absorbs a loaded machine.
 PROMPT = 2.0
 
 CLOSED_MESSAGE = "RuntimeError: the asyncio event loop was closed"
@@ -111,8 +111,8 @@ def test_l1_closing_the_loop_stops_pending_rust_work(loop_kind, n):
 
 @pytest.mark.parametrize("loop_kind", LOOP_KINDS)
 def test_l1_results_arriving_after_the_close_are_released(loop_kind):
-    # Rust futures finish 0-0.25 s after the close, before the bridge can notice it (STALE is
-    # 0.4 s): each outcome, a Python object, waits in the closed loop's queue and must be
+    # Rust futures finish 0-0.25 s after the close, before the bridge can notice it (0.45 s at
+    # the earliest): each outcome, a Python object, waits in the closed loop's queue and must be
     # released when the bridge finds the loop closed, on a thread that may do so, without a
     # traceback. (A Rust future dropped by its token releases what it holds through PyO3's
     # reference pool instead.)
@@ -233,7 +233,7 @@ def test_l1_a_closed_loop_is_released(loop_kind):
 @pytest.mark.parametrize("loop_kind", LOOP_KINDS)
 def test_l1_nothing_stays_pending_after_normal_runs(loop_kind):
     # Every crossing leaves its loop's pending set when it settles, in both directions,
-    # including cancelled ones; the heartbeat then stops by itself.
+    # including cancelled ones; the watchdog then has nothing to watch.
     body = """
     loop = new_loop()
 
@@ -272,8 +272,8 @@ def test_l1_nothing_stays_pending_after_normal_runs(loop_kind):
 
 @pytest.mark.parametrize("loop_kind", LOOP_KINDS)
 def test_l1_a_stopped_loop_is_not_taken_for_closed(loop_kind):
-    # A loop stopped between two runs, with crossings pending, stays silent for several STALE
-    # periods (the watchdog looks, and finds it open); run again, its crossings complete.
+    # A loop stopped between two runs, with crossings pending, stays silent for several ping
+    # cycles (the watchdog looks, and finds it open); run again, its crossings complete.
     body = """
     loop = new_loop()
     probe = b.LifeProbe()
