@@ -15,6 +15,14 @@ pub use ::tokio::runtime::{Builder, Runtime};
 
 pub use ::tokio::task::JoinHandle;
 
+#[cfg(feature = "attributes")]
+#[cfg_attr(docsrs, doc(cfg(feature = "attributes")))]
+pub use pyo3_async_bridge_macros::tokio_main as main;
+
+#[cfg(feature = "attributes")]
+#[cfg_attr(docsrs, doc(cfg(feature = "attributes")))]
+pub use pyo3_async_bridge_macros::tokio_test as test;
+
 ::tokio::task_local! {
     static TASK_LOCALS: TaskLocals;
     static CANCEL: CancelScope;
@@ -78,6 +86,12 @@ pub fn get_runtime() -> &'static Runtime {
         });
         builder.build().expect("failed to build the tokio runtime")
     })
+}
+
+/// The current task's locals, if it runs inside a [`scope`]: readable without the interpreter.
+#[cfg(feature = "attributes")]
+pub(crate) fn current_task_locals() -> Option<TaskLocals> {
+    TASK_LOCALS.try_with(TaskLocals::clone).ok()
 }
 
 /// Runs `fut` with `locals` as the current [`TaskLocals`] (C1). The inner future is also
