@@ -43,6 +43,22 @@ pub enum BridgeError {
          asyncio.run returns)"
     )]
     Exiting,
+    /// `tokio::run` or `tokio::run_until_complete` was called while a loop runs in this thread
+    /// (rule R2).
+    #[error(
+        "{0} cannot be called while an asyncio event loop is running in this thread: inside a \
+         coroutine, await the work instead (tokio::future_into_py / tokio::into_future)"
+    )]
+    LoopRunning(&'static str),
+    /// The event loop given to the bridge is closed.
+    #[error("the event loop {0} is closed")]
+    LoopClosed(String),
+    /// `tokio::block_on_python` was called on the thread of the loop it would wait for (R5).
+    #[error(
+        "block_on_python would deadlock: the event loop it waits for runs in this thread; \
+         await the awaitable instead (tokio::into_future)"
+    )]
+    WouldDeadlock,
 }
 
 impl From<BridgeError> for PyErr {
@@ -55,7 +71,10 @@ impl From<BridgeError> for PyErr {
             BridgeError::NoRunningLoop
             | BridgeError::Abandoned
             | BridgeError::AwaitableDropped
-            | BridgeError::Exiting => PyRuntimeError::new_err(e.to_string()),
+            | BridgeError::Exiting
+            | BridgeError::LoopRunning(_)
+            | BridgeError::LoopClosed(_)
+            | BridgeError::WouldDeadlock => PyRuntimeError::new_err(e.to_string()),
         }
     }
 }

@@ -2,16 +2,26 @@
 //!
 //! Mirrors `pyo3_async_runtimes::tokio`.
 
-use crate::attach::mark_runtime_thread;
 use crate::cancel::Shared;
 use crate::into_py::{drive, new_crossing};
 use crate::{IntoPyOptions, PyFuture, TaskLocals};
 use pyo3::prelude::*;
 use std::future::Future;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-pub use ::tokio::runtime::{Builder, Runtime};
+mod blocking;
+mod interrupt;
+mod run;
+mod runtime;
+
+pub use blocking::block_on_python;
+pub use run::{run, run_until_complete};
+pub(crate) use runtime::handle;
+pub use runtime::{
+    get_handle, get_runtime, init, init_with_handle, init_with_runtime, AlreadyInitialized,
+    Builder, Handle, Runtime, DRIVER_THREAD,
+};
 
 pub use ::tokio::task::JoinHandle;
 
@@ -57,35 +67,6 @@ impl CancelScope {
             stop: self.stop.child_token(),
         }
     }
-}
-
-static BUILDER: Mutex<Option<Builder>> = Mutex::new(None);
-static RUNTIME: OnceLock<Runtime> = OnceLock::new();
-
-/// Sets the builder of the runtime [`get_runtime`] creates. Has no effect once it exists.
-pub fn init(builder: Builder) {
-    *BUILDER.lock().unwrap_or_else(PoisonError::into_inner) = Some(builder);
-}
-
-/// The bridge's tokio runtime: by default a multi-thread runtime, built on first use.
-///
-/// # Panics
-/// When the runtime cannot be built (for example a builder given to [`init`] is invalid).
-pub fn get_runtime() -> &'static Runtime {
-    RUNTIME.get_or_init(|| {
-        let user = BUILDER
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        let mut builder = user.unwrap_or_else(|| {
-            let mut b = Builder::new_multi_thread();
-            b.enable_all()
-                .thread_name("pyo3-async-bridge-worker")
-                .on_thread_start(mark_runtime_thread);
-            b
-        });
-        builder.build().expect("failed to build the tokio runtime")
-    })
 }
 
 /// The current task's locals, if it runs inside a [`scope`]: readable without the interpreter.
@@ -230,7 +211,7 @@ where
         CANCEL.scope(cancel, drive(crossing.shared, options.cancel, fut)),
     );
     let delivery = crossing.delivery;
-    get_runtime().spawn(async move { delivery.send(task.await) });
+    handle().spawn(async move { delivery.send(task.await) });
     Ok(py_fut)
 }
 
@@ -307,8 +288,8 @@ where
     F::Output: Send + 'static,
 {
     match locals {
-        Some(locals) => get_runtime().spawn(scope(locals, fut)),
-        None => get_runtime().spawn(fut),
+        Some(locals) => handle().spawn(scope(locals, fut)),
+        None => handle().spawn(fut),
     }
 }
 
