@@ -26,8 +26,11 @@
 //!
 //! #[pyo3_async_bridge::tokio::test]
 //! fn test_blocking_with_loop(event_loop: Py<PyAny>) -> PyResult<()> {
-//!     Python::attach(|py| assert!(!event_loop.bind(py).call_method0("is_closed")?.is_truthy()?));
-//!     Ok(())
+//!     Python::attach(|py| {
+//!         let closed = event_loop.bind(py).call_method0("is_closed")?.is_truthy()?;
+//!         assert!(!closed);
+//!         Ok(())
+//!     })
 //! }
 //!
 //! #[pyo3_async_bridge::tokio::main]
