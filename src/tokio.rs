@@ -1,4 +1,6 @@
-//! The tokio runtime: crossings in both directions, task-local [`TaskLocals`], the runtime.
+//! The tokio runtime: crossings in both directions, task-local [`TaskLocals`], the runtime
+//! ([`init`], [`get_handle`], …), the entry points [`run`], [`run_until_complete`] and
+//! [`block_on_python`].
 //!
 //! Mirrors `pyo3_async_runtimes::tokio`.
 
@@ -174,7 +176,8 @@ pub fn get_current_locals(py: Python<'_>) -> PyResult<TaskLocals> {
 
 /// Converts a Rust future into an `asyncio.Future` on the current loop.
 ///
-/// The context is copied here, at the call (C8). The future runs on [`get_runtime`] inside
+/// The context is copied here, at the call (C8). The future runs on the bridge's runtime
+/// ([`get_handle`]) inside
 /// [`scope`] with those locals (C1).
 ///
 /// # Examples
@@ -300,7 +303,7 @@ pub fn cancellation_reason() -> Option<String> {
     CANCEL.try_with(|c| c.shared.reason()).ok().flatten()
 }
 
-/// Spawns `fut` on the bridge's runtime ([`get_runtime`]) carrying the current crossing: the
+/// Spawns `fut` on the bridge's runtime ([`get_handle`]) carrying the current crossing: the
 /// same [`TaskLocals`] scope (C1) and a child of its cancellation token (C6).
 ///
 /// The handle resolves to `None` when the crossing was stopped before `fut` finished; `fut` is
@@ -311,7 +314,7 @@ pub fn cancellation_reason() -> Option<String> {
 /// cooperate too. A plain `tokio::spawn` carries neither the locals nor the tokens: its future
 /// sees no crossing and runs on when the crossing is cancelled.
 ///
-/// Outside any crossing this is `get_runtime().spawn`, with the current locals if a [`scope`]
+/// Outside any crossing this is `get_handle().spawn`, with the current locals if a [`scope`]
 /// is active.
 ///
 /// # Examples

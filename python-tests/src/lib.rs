@@ -2,6 +2,7 @@
 
 mod cancel;
 mod drop;
+mod runtime;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -240,6 +241,7 @@ fn bridge_pytests(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     cancel::register(m)?;
     drop::register(m)?;
+    runtime::register(m)?;
     m.add_function(wrap_pyfunction!(sleep_then, m)?)?;
     m.add_function(wrap_pyfunction!(ready, m)?)?;
     m.add_function(wrap_pyfunction!(add_one, m)?)?;

@@ -32,9 +32,9 @@ const SIGNAL_CHECK: Duration = Duration::from_millis(50);
 /// Python::attach(|py| -> PyResult<()> {
 ///     let asyncio = py.import("asyncio")?;
 ///     let event_loop = asyncio.call_method0("new_event_loop")?;
-///     let runner = py.import("threading")?.getattr("Thread")?.call1((
-///         event_loop.getattr("run_forever")?,
-///     ))?;
+///     let kwargs = pyo3::types::PyDict::new(py);
+///     kwargs.set_item("target", event_loop.getattr("run_forever")?)?;
+///     let runner = py.import("threading")?.getattr("Thread")?.call((), Some(&kwargs))?;
 ///     runner.call_method0("start")?;
 ///     let coro = asyncio.call_method1("sleep", (0.01, "done"))?;
 ///     let result = pyo3_async_bridge::tokio::block_on_python(&event_loop, coro)?;
