@@ -67,7 +67,8 @@ fn interrupted_run(py: Python<'_>) {
         TOKEN.set(token).expect("one run");
         let fut =
             Python::attach(|py| into_future(helpers(py).call_method0("announce_then_wait")?))?;
-        fut.await?;
+        let value = fut.await?;
+        Python::attach(move |_py| drop(value)); // A1: released attached
         Ok(())
     })
     .expect_err("interrupted");

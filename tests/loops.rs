@@ -17,10 +17,12 @@ use tokio::sync::Barrier;
 const HELPERS: &std::ffi::CStr = cr#"
 import asyncio, threading
 
-async def round_trip(k, i, rust_leg):
-    """Python on loop k awaits Rust (rust_leg), which reports the loop it saw."""
+LEGS = {}
+
+async def round_trip(k, i):
+    """Python on loop k awaits Rust (LEGS[k]), which reports the loop it saw."""
     here = asyncio.get_running_loop()
-    k2, i2, seen = await rust_leg(k, i)
+    k2, i2, seen = await LEGS[k](k, i)
     assert (k2, i2) == (k, i), (k2, i2, k, i)
     assert seen is here, "a Rust result reached another loop"
     await asyncio.sleep(0)
@@ -91,7 +93,11 @@ fn r4_several_loops_at_once_each_get_their_own_results() {
             let barrier = Arc::clone(&barrier);
             std::thread::spawn(move || {
                 Python::attach(|py| {
-                    let leg = rust_leg(py, barrier).unbind();
+                    // Held by Python: no Python reference travels into the Rust future.
+                    helpers(py)
+                        .getattr("LEGS")
+                        .and_then(|legs| legs.set_item(k, rust_leg(py, barrier)))
+                        .unwrap_or_else(|e| fail(py, e));
                     let own = run(py, async move {
                         let own = Python::attach(|py| get_current_loop(py).map(Bound::unbind))?;
                         for round in 0..ROUNDS {
@@ -100,16 +106,13 @@ fn r4_several_loops_at_once_each_get_their_own_results() {
                                 (0..PER_ROUND)
                                     .map(|j| {
                                         let i = round * PER_ROUND + j;
-                                        into_future(
-                                            helpers(py)
-                                                .call_method1("round_trip", (k, i, leg.bind(py)))?,
-                                        )
+                                        into_future(helpers(py).call_method1("round_trip", (k, i))?)
                                     })
                                     .collect::<PyResult<Vec<_>>>()
                             })?;
                             let results = futures::future::try_join_all(futs).await?;
                             Python::attach(|py| -> PyResult<()> {
-                                for (j, r) in results.iter().enumerate() {
+                                for (j, r) in results.into_iter().enumerate() {
                                     let (value, lp): (u32, Bound<'_, PyAny>) = r.extract(py)?;
                                     let i = round * PER_ROUND + j as u32;
                                     assert_eq!(value, k as u32 * 1000 + i);
@@ -181,11 +184,13 @@ fn r5_block_on_python_from_many_threads_while_the_loop_runs() {
                     .map(|n| {
                         let event_loop = Python::attach(|py| event_loop.clone_ref(py));
                         std::thread::spawn(move || {
-                            Python::attach(|py| {
+                            Python::attach(move |py| {
                                 let coro = helpers(py).call_method1("add", (n, 1)).unwrap();
                                 let r = block_on_python(event_loop.bind(py), coro)
                                     .unwrap_or_else(|e| fail(py, e));
-                                r.extract::<(i32, String)>(py).unwrap().0
+                                let sum = r.extract::<(i32, String)>(py).unwrap().0;
+                                drop(event_loop); // attached
+                                sum
                             })
                         })
                     })

@@ -82,6 +82,13 @@ async fn await_helper(name: &'static str, tag: &'static str) -> PyResult<Py<PyAn
     fut.await
 }
 
+/// Like [`await_helper`], for the effect: the result is released attached (A1).
+async fn await_helper_done(name: &'static str, tag: &'static str) -> PyResult<()> {
+    let value = await_helper(name, tag).await?;
+    Python::attach(move |_py| drop(value));
+    Ok(())
+}
+
 #[test]
 fn r2_run_returns_the_value_of_any_send_type() {
     Python::attach(|py| {
@@ -144,7 +151,7 @@ fn r2_run_awaits_python_on_its_own_loop_and_copies_the_context() {
 fn r2_run_cleans_up_like_asyncio_run() {
     Python::attach(|py| {
         let loop_inside = run(py, async {
-            await_helper("start_leftovers", "cleanup").await?;
+            await_helper_done("start_leftovers", "cleanup").await?;
             Python::attach(|py| get_current_loop(py).map(Bound::unbind))
         })
         .unwrap_or_else(|e| fail(py, e));
@@ -246,7 +253,7 @@ fn r2_a_loop_stopped_early_cancels_and_drops_the_future_before_returning() {
         let err = run_until_complete(event_loop.clone(), async move {
             let _guard = guard;
             // A Python task stops the loop, then waits for ever.
-            await_helper("stop_then_forever", "stopped").await?;
+            await_helper_done("stop_then_forever", "stopped").await?;
             Ok(())
         })
         .unwrap_err();

@@ -33,7 +33,7 @@ fn crossings_work() -> BTreeSet<String> {
                     into_future(sleep.call1((0, i))?)
                 })?;
                 let value = fut.await?;
-                assert_eq!(Python::attach(|py| value.extract::<u32>(py))?, i);
+                assert_eq!(Python::attach(move |py| value.extract::<u32>(py))?, i);
             }
             Ok(names)
         })
