@@ -40,10 +40,16 @@ mod into_future;
 mod into_py;
 mod locals;
 // What the expansions of `tokio::main` and `tokio::test` call; not part of the stable API.
-#[cfg(all(feature = "attributes", feature = "tokio-runtime"))]
+#[cfg(all(
+    any(feature = "attributes", feature = "testing"),
+    feature = "tokio-runtime"
+))]
 #[doc(hidden)]
 pub mod macro_support;
-#[cfg(all(feature = "attributes", feature = "tokio-runtime"))]
+#[cfg(all(
+    any(feature = "attributes", feature = "testing"),
+    feature = "tokio-runtime"
+))]
 #[doc(hidden)]
 pub use macro_support as __macro_support;
 mod py;
@@ -54,11 +60,8 @@ mod registry;
 #[doc(hidden)]
 pub mod state;
 mod task;
-#[cfg(all(feature = "testing", feature = "attributes", feature = "tokio-runtime"))]
-#[cfg_attr(
-    docsrs,
-    doc(cfg(all(feature = "testing", feature = "attributes", feature = "tokio-runtime")))
-)]
+#[cfg(all(feature = "testing", feature = "tokio-runtime"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "testing", feature = "tokio-runtime"))))]
 pub mod testing;
 #[cfg(feature = "tokio-runtime")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio-runtime")))]
@@ -78,13 +81,13 @@ pub mod debug {
 
 /// The registry behind [`testing::main`], re-exported as `pyo3-async-runtimes` does, so that
 /// `inventory::submit!` of a [`testing::Test`] works without a dependency of one's own.
-#[cfg(all(feature = "testing", feature = "attributes", feature = "tokio-runtime"))]
+#[cfg(all(feature = "testing", feature = "tokio-runtime"))]
 #[doc(hidden)]
 pub use inventory;
 
 /// Registers a test for [`testing::main`]; what `tokio::test` expands to besides the `#[test]`
 /// function. A no-op without the `testing` feature.
-#[cfg(all(feature = "testing", feature = "attributes", feature = "tokio-runtime"))]
+#[cfg(all(feature = "testing", feature = "tokio-runtime"))]
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __register_test {
@@ -100,7 +103,7 @@ macro_rules! __register_test {
 }
 
 /// Registers a test for `testing::main`: without the `testing` feature, nothing to do.
-#[cfg(not(all(feature = "testing", feature = "attributes", feature = "tokio-runtime")))]
+#[cfg(not(all(feature = "testing", feature = "tokio-runtime")))]
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __register_test {

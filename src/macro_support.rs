@@ -67,6 +67,7 @@ pub fn run_test(make: fn() -> TestFuture) {
 #[derive(Debug)]
 pub(crate) struct Failure {
     /// The test panicked (its error is a [`RustPanic`](crate::RustPanic)).
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub(crate) panicked: bool,
     /// The exception's type and message, then its traceback when it has one.
     pub(crate) text: String,

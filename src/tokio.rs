@@ -137,7 +137,7 @@ impl CancelScope {
 }
 
 /// The current task's locals, if it runs inside a [`scope`]: readable without the interpreter.
-#[cfg(feature = "attributes")]
+#[cfg(any(feature = "attributes", feature = "testing"))]
 pub(crate) fn current_task_locals() -> Option<TaskLocals> {
     TASK_LOCALS.try_with(TaskLocals::clone).ok()
 }
