@@ -21,11 +21,11 @@ PYTEST_ARGS ?=
 PYTHON_OLDEST ?= $(shell for p in $$(pyenv prefix 3.9 2>/dev/null)/bin/python3.9 $$(command -v python3.9); do "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 9)' 2>/dev/null && echo "$$p" && break; done)
 VENV_OLDEST := .venv-oldest
 
-.PHONY: help demo test lint test-rust test-props test-nopool test-python test-python-threadsafe test-python-oldest build-ext venv bench
+.PHONY: help demo test lint test-rust test-attributes test-props test-nopool test-python test-python-threadsafe test-python-oldest build-ext venv bench
 
 help:
 	@echo "make demo   - a runnable tour of the bridge (asserts every step)"
-	@echo "make test   - every suite: fmt, clippy, cargo tests (also without PyO3's reference pool), proptests, pytest also on CPython 3.9, pytest under asyncio and uvloop, both wakeup modes"
+	@echo "make test   - every suite: fmt, clippy, cargo tests (also the attributes and the rename fixture, and without PyO3's reference pool), proptests, pytest also on CPython 3.9, pytest under asyncio and uvloop, both wakeup modes"
 	@echo "make bench  - benchmarks vs pyo3-async-runtimes, PyO3 async fn and asyncio (release build, ~2-3 min); writes BENCHMARKS.md"
 
 $(VENV)/.installed: Makefile
@@ -41,10 +41,23 @@ demo: venv
 lint: venv
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps -p pyo3-async-bridge
+	RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps -p pyo3-async-bridge --features attributes,testing
 
 test-rust: venv
 	cargo test -p pyo3-async-bridge
+
+# The attributes and the test harness (SPEC T1-T4): the macros' parsing, the harness's command
+# line, the doc examples, and the rename fixture (fixtures/renamed: the bridge under the name
+# pyo3-async-runtimes) under cargo's harness, its harness = false binaries, and cargo nextest
+# when it is installed.
+test-attributes: venv
+	cargo test -p pyo3-async-bridge-macros
+	cargo test -p pyo3-async-bridge --features attributes,testing --lib testing
+	cargo test -p pyo3-async-bridge --features attributes,testing --doc -- tokio::main tokio::test testing
+	cargo test -p pyo3-async-bridge-fixture-renamed
+	@if cargo nextest --version >/dev/null 2>&1; then \
+		cargo nextest run -p pyo3-async-bridge-fixture-renamed; \
+	else echo "cargo-nextest is not installed: the fixture's nextest run is skipped (cargo install cargo-nextest)"; fi
 
 # The crossing state machine against a reference model, plus the proof that each deliberately
 # broken variant is caught (10,000 cases each; BRIDGE_PROPTEST_CASES raises it).
@@ -78,7 +91,7 @@ test-python-oldest: $(VENV_OLDEST)/.installed
 		CARGO_TARGET_DIR=$(abspath target/oldest) ../$(VENV_OLDEST)/bin/maturin develop --quiet
 	cd python-tests && ../$(VENV_OLDEST)/bin/pytest $(PYTEST_ARGS)
 
-test: lint test-rust test-props test-nopool test-python test-python-threadsafe test-python-oldest
+test: lint test-rust test-attributes test-props test-nopool test-python test-python-threadsafe test-python-oldest
 	@echo "make test: all suites passed"
 
 # Release build of the benchmark extension, then every scenario interleaved across

@@ -23,6 +23,11 @@
 // comes with its own issue); it still compiles.
 #![cfg_attr(not(feature = "tokio-runtime"), allow(dead_code))]
 
+// The attributes' expansions name the crate `::pyo3_async_bridge` inside its own package
+// (unit tests, examples, doctests): this makes that path resolve in the library itself too.
+#[allow(unused_extern_crates)]
+extern crate self as pyo3_async_bridge;
+
 mod attach;
 mod cancel;
 #[cfg(feature = "tokio-runtime")]
@@ -35,6 +40,19 @@ mod into_future;
 mod into_py;
 mod live;
 mod locals;
+// What the expansions of `tokio::main` and `tokio::test` call; not part of the stable API.
+#[cfg(all(
+    any(feature = "attributes", feature = "testing"),
+    feature = "tokio-runtime"
+))]
+#[doc(hidden)]
+pub mod macro_support;
+#[cfg(all(
+    any(feature = "attributes", feature = "testing"),
+    feature = "tokio-runtime"
+))]
+#[doc(hidden)]
+pub use macro_support as __macro_support;
 mod py;
 mod queue;
 mod registry;
@@ -43,6 +61,9 @@ mod registry;
 #[doc(hidden)]
 pub mod state;
 mod task;
+#[cfg(all(feature = "testing", feature = "tokio-runtime"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "testing", feature = "tokio-runtime"))))]
+pub mod testing;
 #[cfg(feature = "tokio-runtime")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio-runtime")))]
 pub mod tokio;
@@ -61,4 +82,35 @@ pub mod debug {
     pub use crate::attach::{attach_counts, AttachCounts};
     pub use crate::queue::{queue_stats, QueueStats};
     pub use crate::registry::live_crossings;
+}
+
+/// The registry behind [`testing::main`], re-exported as `pyo3-async-runtimes` does, so that
+/// `inventory::submit!` of a [`testing::Test`] works without a dependency of one's own.
+#[cfg(all(feature = "testing", feature = "tokio-runtime"))]
+#[doc(hidden)]
+pub use inventory;
+
+/// Registers a test for [`testing::main`]; what `tokio::test` expands to besides the `#[test]`
+/// function. A no-op without the `testing` feature.
+#[cfg(all(feature = "testing", feature = "tokio-runtime"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __register_test {
+    (name: $name:expr, test_fn: $test_fn:path, ignore: $ignore:expr, should_panic: $should_panic:expr $(,)?) => {
+        $crate::inventory::submit! {
+            $crate::testing::Registered {
+                test: $crate::testing::Test { name: $name, test_fn: &$test_fn },
+                ignore: $ignore,
+                should_panic: $should_panic,
+            }
+        }
+    };
+}
+
+/// Registers a test for `testing::main`: without the `testing` feature, nothing to do.
+#[cfg(not(all(feature = "testing", feature = "tokio-runtime")))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __register_test {
+    ($($t:tt)*) => {};
 }

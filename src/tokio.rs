@@ -27,6 +27,79 @@ pub use runtime::{
 
 pub use ::tokio::task::JoinHandle;
 
+/// Runs an `async fn main` on a fresh asyncio event loop (SPEC T1).
+///
+/// The expansion initialises Python, hands a runtime builder to [`init`], then runs the body with
+/// [`run`] inside `Python::attach`: on a new event loop, which is closed afterwards. Options:
+/// `flavor = "multi_thread"` (the default) or `"current_thread"` (the bridge drives that runtime
+/// from its own thread), and `worker_threads = N` (multi-thread only). The function returns
+/// `()` or `PyResult<()>`; an error is printed as Python prints an uncaught exception and the
+/// process exits with status 1.
+///
+/// # Examples
+/// ```
+/// use pyo3::prelude::*;
+///
+/// #[pyo3_async_bridge::tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// async fn main() -> PyResult<()> {
+///     let fut = Python::attach(|py| {
+///         let sleep = py.import("asyncio")?.call_method1("sleep", (0,))?;
+///         pyo3_async_bridge::tokio::into_future(sleep)
+///     })?;
+///     fut.await?;
+///     Ok(())
+/// }
+/// ```
+#[cfg(feature = "attributes")]
+#[cfg_attr(docsrs, doc(cfg(feature = "attributes")))]
+pub use pyo3_async_bridge_macros::tokio_main as main;
+
+/// Marks a test that runs on a fresh asyncio event loop (SPEC T2, T3).
+///
+/// Underneath it is a plain `#[test]` function: `cargo test` (with its `--list`, filters and
+/// `--exact`) and `cargo nextest` run it as any other test, each on a new event loop created by
+/// [`run`] in the test's thread and closed afterwards. With the `testing` feature the test is
+/// also registered for [`testing::main`](crate::testing::main), the harness of `harness = false`
+/// binaries written for `pyo3-async-runtimes`.
+///
+/// Accepted shapes, each returning `()` or `PyResult<()>`:
+/// - `async fn name()`: runs as the main future of the test's loop; inside it,
+///   [`get_current_loop`] is that loop.
+/// - `fn name()`: runs on a blocking thread of the runtime, so it may block.
+/// - `fn name(event_loop: Py<PyAny>)`: the same, given the test's loop.
+///
+/// `#[ignore]` and `#[should_panic(expected = "...")]` work as for `#[test]`: an error fails the
+/// test with a panic whose message is the exception (`ValueError: ...`) and its traceback; a
+/// panic keeps its message. Anything else (generics, arguments to an async test, a second
+/// `#[test]`, options) is a compile error that says what to change.
+///
+/// # Examples
+/// ```
+/// use pyo3::prelude::*;
+///
+/// #[pyo3_async_bridge::tokio::test]
+/// async fn sleeps() -> PyResult<()> {
+///     let fut = Python::attach(|py| {
+///         let sleep = py.import("asyncio")?.call_method1("sleep", (0,))?;
+///         pyo3_async_bridge::tokio::into_future(sleep)
+///     })?;
+///     fut.await?;
+///     Ok(())
+/// }
+///
+/// #[pyo3_async_bridge::tokio::test]
+/// fn blocks(event_loop: Py<PyAny>) -> PyResult<()> {
+///     Python::attach(|py| {
+///         let closed = event_loop.bind(py).call_method0("is_closed")?.is_truthy()?;
+///         assert!(!closed);
+///         Ok(())
+///     })
+/// }
+/// ```
+#[cfg(feature = "attributes")]
+#[cfg_attr(docsrs, doc(cfg(feature = "attributes")))]
+pub use pyo3_async_bridge_macros::tokio_test as test;
+
 ::tokio::task_local! {
     static TASK_LOCALS: TaskLocals;
     static CANCEL: CancelScope;
@@ -61,6 +134,12 @@ impl CancelScope {
             stop: self.stop.child_token(),
         }
     }
+}
+
+/// The current task's locals, if it runs inside a [`scope`]: readable without the interpreter.
+#[cfg(any(feature = "attributes", feature = "testing"))]
+pub(crate) fn current_task_locals() -> Option<TaskLocals> {
+    TASK_LOCALS.try_with(TaskLocals::clone).ok()
 }
 
 /// Runs `fut` with `locals` as the current [`TaskLocals`] (C1). The inner future is also
