@@ -297,29 +297,43 @@ fn child_entry() {
             event_loop.call_method0("close").unwrap();
         }),
         // The loop still runs in a worker thread when `main` returns.
-        "worker-thread" => {
-            let (ready_tx, ready_rx) = mpsc::channel::<()>();
-            std::thread::spawn(move || {
-                Python::attach(|py| {
-                    let event_loop = new_loop(py);
-                    leave_work_pending(py, &event_loop);
-                    let ready = ready_tx;
-                    let signal =
-                        pyo3::types::PyCFunction::new_closure(py, None, None, move |_, _| {
-                            let _ = ready.send(());
-                        })
-                        .unwrap();
-                    event_loop.call_method1("call_soon", (signal,)).unwrap();
-                    event_loop.call_method0("run_forever").unwrap();
-                });
-            });
-            ready_rx
-                .recv_timeout(DEADLINE)
-                .expect("the worker loop never ran");
+        // The runtime is the user's own (handed over before any crossing), and the loop still
+        // runs in a worker thread when `main` returns.
+        "user-runtime" => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            pyo3_async_bridge::tokio::init_with_runtime(Box::leak(Box::new(runtime)))
+                .expect("no crossing ran before");
+            worker_thread_scenario();
         }
+        "worker-thread" => worker_thread_scenario(),
         other => panic!("unknown scenario {other}"),
     }
     println!("child done");
+}
+
+/// A loop left running in a worker thread, with work pending, when `main` returns.
+fn worker_thread_scenario() {
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        Python::attach(|py| {
+            let event_loop = new_loop(py);
+            leave_work_pending(py, &event_loop);
+            let ready = ready_tx;
+            let signal = pyo3::types::PyCFunction::new_closure(py, None, None, move |_, _| {
+                let _ = ready.send(());
+            })
+            .unwrap();
+            event_loop.call_method1("call_soon", (signal,)).unwrap();
+            event_loop.call_method0("run_forever").unwrap();
+        });
+    });
+    ready_rx
+        .recv_timeout(DEADLINE)
+        .expect("the worker loop never ran");
 }
 
 /// Runs [`child_entry`] in a child process with `scenario`; asserts a clean exit.
@@ -367,6 +381,13 @@ fn l2_rust_binary_exits_after_the_loop_returned() {
 fn l2_rust_binary_exits_after_the_loop_closed() {
     for _ in 0..3 {
         run_child("main-thread-closed");
+    }
+}
+
+#[test]
+fn l2_rust_binary_with_a_user_supplied_runtime_exits_with_the_loop_running() {
+    for _ in 0..3 {
+        run_child("user-runtime");
     }
 }
 

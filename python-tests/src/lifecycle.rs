@@ -208,7 +208,21 @@ fn lifecycle_stats() -> (usize, u64, u64) {
     )
 }
 
+/// Hands the bridge a runtime of the caller's own (L2's user-supplied runtime), before any
+/// crossing: `init_with_runtime`. Returns whether the bridge took it.
+#[pyfunction]
+fn use_own_runtime() -> bool {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("user-runtime-worker")
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    pyo3_async_bridge::tokio::init_with_runtime(Box::leak(Box::new(runtime))).is_ok()
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(use_own_runtime, m)?)?;
     m.add_class::<LifeProbe>()?;
     m.add(
         "EXIT_CANCEL_MESSAGE",

@@ -112,6 +112,25 @@ print(n, "done")
         assert proc.stdout.split()[0] == "30000"
 
 
+@pytest.mark.parametrize("where", ("main", "worker"))
+@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+def test_l2_exit_with_a_user_supplied_runtime(loop_kind, where):
+    # The same exits with the runtime handed over by the user (`init_with_runtime`): its
+    # threads are not the bridge's, and still nothing may attach or crash at exit.
+    body = PENDING_BOTH_WAYS + """
+assert b.use_own_runtime()
+if %r == "main":
+    run(main)
+else:
+    t = threading.Thread(target=run, args=(main,))
+    t.start()
+    t.join()
+print("done")
+""" % where
+    for _ in range(RUNS // 2):
+        assert_clean(run_script(body, loop_kind))
+
+
 @pytest.mark.parametrize("loop_kind", LOOP_KINDS)
 def test_l2_exit_with_the_loop_in_a_joined_worker_thread(loop_kind):
     body = PENDING_BOTH_WAYS + """
