@@ -131,6 +131,60 @@ fn rust_cooperative(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     })
 }
 
+/// Step 9: what became of the work left on a loop that was closed under it.
+static LEFT_BEHIND: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+static LEFT_BEHIND_SEEN: std::sync::Condvar = std::sync::Condvar::new();
+
+fn left_behind(event: String) {
+    println!("  (rust) {event}");
+    LEFT_BEHIND.lock().unwrap().push(event);
+    LEFT_BEHIND_SEEN.notify_all();
+}
+
+/// Rust work that never ends by itself, on the running loop; reports its drop.
+#[pyfunction]
+fn rust_forever(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    struct Reporter;
+    impl Drop for Reporter {
+        fn drop(&mut self) {
+            left_behind(format!("work dropped on {:?}", thread_name()));
+        }
+    }
+    future_into_py(py, async move {
+        let _reporter = Reporter;
+        std::future::pending::<()>().await;
+        Ok(())
+    })
+}
+
+/// A tokio task (outside any crossing) awaits the Python coroutine `coro` and reports how that
+/// ended.
+#[pyfunction]
+fn rust_awaits_in_background(coro: Bound<'_, PyAny>) -> PyResult<()> {
+    let fut = into_future(coro)?;
+    pyo3_async_bridge::tokio::get_runtime().spawn(async move {
+        let outcome = fut.await;
+        let text = Python::attach(|py| match outcome {
+            Ok(_) => "the Python coroutine finished (unexpected)".to_owned(),
+            Err(e) => format!("awaiting Python failed: {}", e.value(py)),
+        });
+        left_behind(text);
+    });
+    Ok(())
+}
+
+/// Blocks (GIL released, at most 5 s) until `n` events of step 9 were reported; returns them.
+#[pyfunction]
+fn rust_left_behind(py: Python<'_>, n: usize) -> Vec<String> {
+    py.detach(|| {
+        let events = LEFT_BEHIND.lock().unwrap();
+        let (events, _) = LEFT_BEHIND_SEEN
+            .wait_timeout_while(events, Duration::from_secs(5), |e| e.len() < n)
+            .unwrap();
+        events.clone()
+    })
+}
+
 /// Whether the cooperative cleanup has finished.
 #[pyfunction]
 fn rust_cleaned_up() -> bool {
@@ -227,6 +281,22 @@ async def main():
         step("TimeoutError arrived", False, True)
 
 asyncio.run(main())
+
+print("9. A loop closes with work pending: the Rust work stops, awaiting Python fails", flush=True)
+import time
+loop = asyncio.new_event_loop()
+async def leave_work():
+    tour.rust_awaits_in_background(asyncio.sleep(3600))
+    return tour.rust_forever()
+kept = loop.run_until_complete(leave_work())  # still held: nothing depends on garbage collection
+loop.close()
+closed_at = time.monotonic()
+events = tour.rust_left_behind(2)
+elapsed = time.monotonic() - closed_at
+step("the Rust work was dropped", any(e.startswith("work dropped") for e in events), True)
+step("Rust awaiting Python got the bridge's error",
+     any("the asyncio event loop was closed" in e for e in events), True)
+step("both within about a second", elapsed < 2, True)
 print("tour complete")
 "#;
 
@@ -246,6 +316,9 @@ fn main() -> PyResult<()> {
         m.add_function(wrap_pyfunction!(rust_timeout, &m)?)?;
         m.add_function(wrap_pyfunction!(rust_cooperative, &m)?)?;
         m.add_function(wrap_pyfunction!(rust_cleaned_up, &m)?)?;
+        m.add_function(wrap_pyfunction!(rust_forever, &m)?)?;
+        m.add_function(wrap_pyfunction!(rust_awaits_in_background, &m)?)?;
+        m.add_function(wrap_pyfunction!(rust_left_behind, &m)?)?;
         m.add(
             "DROP_CANCEL_MESSAGE",
             pyo3_async_bridge::DROP_CANCEL_MESSAGE,
