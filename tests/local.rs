@@ -11,6 +11,7 @@
 
 mod common;
 
+use common::child;
 use common::{load_module, locals_for, run_bounded, wait_detached, with_loop, Drops};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -22,6 +23,7 @@ use pyo3_async_bridge::tokio::{
 };
 use pyo3_async_bridge::RustPanic;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::ThreadId;
 
@@ -401,4 +403,37 @@ fn r6_outside_a_local_set_is_a_runtime_error_not_a_panic() {
         assert_eq!(run_bounded(event_loop, &fut)?.extract::<i64>()?, 1);
         Ok(())
     });
+}
+
+/// The roles of the child processes.
+#[test]
+fn child() {
+    let Some(role) = child::role() else { return };
+    assert_eq!(role, "quiet_probe", "unknown child role");
+    // The user's hook, set before the bridge's first LocalSet check: it must see every panic
+    // but the check's own.
+    static SEEN: AtomicUsize = AtomicUsize::new(0);
+    std::panic::set_hook(Box::new(|info| {
+        SEEN.fetch_add(1, Ordering::SeqCst);
+        eprintln!("user hook: {info}");
+    }));
+    Python::attach(|py| {
+        let made = local_future_into_py(py, async { Ok(()) }).map(Bound::unbind);
+        assert_no_local_set(py, made, "outside a LocalSet");
+    });
+    assert_eq!(SEEN.load(Ordering::SeqCst), 0, "the LocalSet check reached the hook");
+    let later = std::panic::catch_unwind(|| panic!("a panic of the user's"));
+    assert!(later.is_err());
+    assert_eq!(SEEN.load(Ordering::SeqCst), 1, "the user's hook lost a panic");
+    println!("child ok");
+}
+
+#[test]
+fn r6_the_local_set_check_is_silent_and_keeps_the_users_panic_hook() {
+    let finished = child::run("quiet_probe");
+    finished.assert_ok_with("child ok");
+    assert!(
+        !finished.stderr.contains("spawn_local"),
+        "the check printed tokio's panic: {finished:#?}"
+    );
 }
