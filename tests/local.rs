@@ -85,11 +85,7 @@ impl LocalSetThread {
     }
 
     /// Runs `f` inside the `LocalSet` (on its thread) and returns what it returned.
-    fn call<R: Send + 'static>(
-        &self,
-        py: Python<'_>,
-        f: impl FnOnce() -> R + Send + 'static,
-    ) -> R {
+    fn call<R: Send + 'static>(&self, py: Python<'_>, f: impl FnOnce() -> R + Send + 'static) -> R {
         let (tx, rx) = mpsc::channel();
         let job: Job = Box::new(move || {
             let _ = tx.send(f());
@@ -129,7 +125,8 @@ impl LocalSetThread {
     fn stop(&mut self, py: Python<'_>) {
         drop(self.jobs.take());
         if let Some(thread) = self.thread.take() {
-            py.detach(|| thread.join()).expect("the LocalSet thread panicked");
+            py.detach(|| thread.join())
+                .expect("the LocalSet thread panicked");
         }
     }
 }
@@ -250,7 +247,10 @@ fn r6_c3_python_cancel_drops_the_future_on_the_local_set_thread() {
 
         drops.wait_for(py, 1, "the cancelled local future was never dropped");
         let report = drops.report("local");
-        assert_eq!(report.thread, local.id, "{report:?}: not on the LocalSet's thread");
+        assert_eq!(
+            report.thread, local.id,
+            "{report:?}: not on the LocalSet's thread"
+        );
         assert_eq!(report.token_fired, Some(true), "{report:?}");
         assert_eq!(report.reason.as_deref(), Some("stop local"), "{report:?}");
         assert!(token.is_cancelled(), "the token handed out did not fire");
@@ -279,15 +279,17 @@ fn r6_c1_locals_are_visible_inside() {
                 })
             };
             Python::attach(|py| {
-                let _ = tx.send(
-                    local_future_into_py_with_locals(py, locals, fut).map(Bound::unbind),
-                );
+                let _ =
+                    tx.send(local_future_into_py_with_locals(py, locals, fut).map(Bound::unbind));
             });
         });
         let fut = wait_detached(py, rx, "no crossing")?.into_bound(py);
         let (seen_loop, seen_context, current_loop): (Py<PyAny>, Py<PyAny>, Py<PyAny>) =
             run_bounded(event_loop, &fut)?.extract()?;
-        assert!(seen_loop.bind(py).is(event_loop), "get_current_locals' loop");
+        assert!(
+            seen_loop.bind(py).is(event_loop),
+            "get_current_locals' loop"
+        );
         assert!(seen_context.bind(py).is(&context), "the crossing's context");
         assert!(current_loop.bind(py).is(event_loop), "get_current_loop");
         Ok(())
@@ -342,9 +344,15 @@ fn r6_c7_a_local_set_dropped_with_the_crossing_pending_fails_it() {
         local.stop(py);
         let err = run_bounded(event_loop, &fut).expect_err("a dropped LocalSet delivered a value");
         assert!(err.is_instance_of::<PyRuntimeError>(py), "{err}");
-        assert!(err.to_string().contains("dropped before it completed"), "{err}");
+        assert!(
+            err.to_string().contains("dropped before it completed"),
+            "{err}"
+        );
         let report = drops.report("local");
-        assert_eq!(report.thread, local.id, "{report:?}: not on the LocalSet's thread");
+        assert_eq!(
+            report.thread, local.id,
+            "{report:?}: not on the LocalSet's thread"
+        );
         Ok(())
     });
 }
@@ -421,10 +429,18 @@ fn child() {
         let made = local_future_into_py(py, async { Ok(()) }).map(Bound::unbind);
         assert_no_local_set(py, made, "outside a LocalSet");
     });
-    assert_eq!(SEEN.load(Ordering::SeqCst), 0, "the LocalSet check reached the hook");
+    assert_eq!(
+        SEEN.load(Ordering::SeqCst),
+        0,
+        "the LocalSet check reached the hook"
+    );
     let later = std::panic::catch_unwind(|| panic!("a panic of the user's"));
     assert!(later.is_err());
-    assert_eq!(SEEN.load(Ordering::SeqCst), 1, "the user's hook lost a panic");
+    assert_eq!(
+        SEEN.load(Ordering::SeqCst),
+        1,
+        "the user's hook lost a panic"
+    );
     println!("child ok");
 }
 

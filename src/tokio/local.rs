@@ -144,7 +144,10 @@ where
     let mode = CancelMode::Drop;
     let (py_fut, crossing) = new_crossing(py, &locals, mode)?;
     let cancel = CancelScope::of(&crossing.shared);
-    let task = scope_local(locals, CANCEL.scope(cancel, drive(crossing.shared, mode, fut)));
+    let task = scope_local(
+        locals,
+        CANCEL.scope(cancel, drive(crossing.shared, mode, fut)),
+    );
     let delivery = crossing.delivery;
     // The `LocalSet`'s thread runs the task (invariant 2). If the `LocalSet` drops it first,
     // `delivery`'s own drop sends `Abandoned` (C7).
