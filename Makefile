@@ -76,8 +76,11 @@ test-python: build-ext
 	cd python-tests && ../$(PYTEST) $(PYTEST_ARGS)
 
 # The same suite with the call_soon_threadsafe wakeup forced.
+# The repeat passes run the exit and lifecycle subprocess scenarios fewer times each.
+REPEAT_PASS := BRIDGE_EXIT_RUNS_SCALE=0.34
+
 test-python-threadsafe: build-ext
-	cd python-tests && PYO3_ASYNC_BRIDGE_WAKEUP=threadsafe ../$(PYTEST) $(PYTEST_ARGS)
+	cd python-tests && PYO3_ASYNC_BRIDGE_WAKEUP=threadsafe $(REPEAT_PASS) ../$(PYTEST) $(PYTEST_ARGS)
 
 # The same suite on the oldest supported CPython, in its own venv and target directory.
 $(VENV_OLDEST)/.installed: Makefile
@@ -89,7 +92,7 @@ $(VENV_OLDEST)/.installed: Makefile
 test-python-oldest: $(VENV_OLDEST)/.installed
 	cd python-tests && VIRTUAL_ENV=$(abspath $(VENV_OLDEST)) PYO3_PYTHON=$(abspath $(VENV_OLDEST))/bin/python \
 		CARGO_TARGET_DIR=$(abspath target/oldest) ../$(VENV_OLDEST)/bin/maturin develop --quiet
-	cd python-tests && ../$(VENV_OLDEST)/bin/pytest $(PYTEST_ARGS)
+	cd python-tests && $(REPEAT_PASS) ../$(VENV_OLDEST)/bin/pytest $(PYTEST_ARGS)
 
 test: lint test-rust test-attributes test-props test-nopool test-python test-python-threadsafe test-python-oldest
 	@echo "make test: all suites passed"
