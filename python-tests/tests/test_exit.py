@@ -274,19 +274,20 @@ def test_l2_exit_stops_only_unfinished_work_on_loops_that_no_longer_run(loop_kin
     body = """
 import atexit
 
-def finish_later():
+def outcome(fut):
+    # Bounded: with the threadsafe wakeup an outcome may never be delivered after the hook
+    # (the waker thread stops there, L3), and the handler must not hang.
+    loop.run_until_complete(asyncio.wait({fut}, timeout=2))
+    if not fut.done():
+        return "HUNG"
     try:
-        done = loop.run_until_complete(asyncio.wait_for(finished, 2))
-    except asyncio.TimeoutError:
-        done = "HUNG"
-    try:
-        # Bounded: with the threadsafe wakeup the outcome of work stopped at exit is never
-        # delivered (the waker thread stops at the hook, L3), and the handler must not hang.
-        loop.run_until_complete(asyncio.wait_for(unfinished, 2))
+        return fut.result()
     except asyncio.CancelledError as e:
-        print("unfinished:", e.args[0] if e.args else None, flush=True)
-    except asyncio.TimeoutError:
-        print("unfinished: HUNG", flush=True)
+        return e.args[0] if e.args else None
+
+def finish_later():
+    done = outcome(finished)
+    print("unfinished:", outcome(unfinished), flush=True)
     loop.close()
     print("finished:", done, flush=True)
     print("done", flush=True)
