@@ -125,24 +125,16 @@ impl LoopQueue {
     pub(crate) fn push(self: &Arc<Self>, job: Job) {
         let after = {
             let mut p = self.lock_pending();
-            if self.closed.load(Ordering::Relaxed) {
-                // L1: nothing runs on a closed loop.
-                if thread_is_attached() {
-                    After::Drop(job)
-                } else {
-                    p.jobs.push(job);
-                    if std::mem::replace(&mut p.armed, true) {
-                        After::Nothing
-                    } else {
-                        After::AskSweep
-                    }
-                }
+            let closed = self.closed.load(Ordering::Relaxed);
+            if closed && thread_is_attached() {
+                After::Drop(job) // L1: nothing runs on a closed loop.
             } else {
                 p.jobs.push(job);
-                if std::mem::replace(&mut p.armed, true) {
-                    After::Nothing
-                } else {
-                    After::Wake
+                match (std::mem::replace(&mut p.armed, true), closed) {
+                    (true, _) => After::Nothing,
+                    (false, false) => After::Wake,
+                    // A thread that may not drop it leaves it to the watchdog.
+                    (false, true) => After::AskSweep,
                 }
             }
         };
