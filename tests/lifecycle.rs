@@ -5,7 +5,7 @@
 //! Under `--cfg pyo3_disable_reference_pool` (`make test-nopool`) they also prove that closing
 //! releases every Python reference attached: an unattached release aborts there.
 //!
-//! The L2 tests re-run this test binary as a child process ([`child_entry`], selected by an
+//! The L2 tests re-run this test binary as a child process ([`child`], selected by an
 //! environment variable) that leaves 10,000 crossings pending in each direction and returns
 //! from `main`, which is how a Rust program that embeds Python ends: the interpreter is never
 //! finalized and the runtime's threads are still busy. Exit code 0, empty stderr, no hang.
@@ -17,7 +17,6 @@ use pyo3::prelude::*;
 use pyo3_async_bridge::tokio::{cancellation_token, future_into_py_with_locals, get_runtime};
 use pyo3_async_bridge::{into_future_with_locals, TaskLocals};
 use std::ffi::CStr;
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -235,7 +234,6 @@ fn l1_crossings_made_from_another_thread_do_not_hide_a_closed_loop() {
 // ---------------------------------------------------------------------------------------------
 // L2: a Rust binary that exits with work pending.
 
-const CHILD_ENV: &str = "BRIDGE_LIFECYCLE_CHILD";
 const PENDING: usize = 10_000;
 
 /// Leaves `PENDING` crossings pending in each direction on `event_loop`, plus `PENDING` that
@@ -266,10 +264,10 @@ fn leave_work_pending(py: Python<'_>, event_loop: &Bound<'_, PyAny>) {
     std::mem::forget(keep);
 }
 
-/// The child process's side of the L2 tests: does nothing unless [`CHILD_ENV`] is set.
+/// The child process's side of the L2 tests: does nothing unless `common::child` set a role.
 #[test]
-fn child_entry() {
-    let Ok(scenario) = std::env::var(CHILD_ENV) else {
+fn child() {
+    let Some(scenario) = common::child::role() else {
         return;
     };
     match scenario.as_str() {
@@ -336,64 +334,36 @@ fn worker_thread_scenario() {
         .expect("the worker loop never ran");
 }
 
-/// Runs [`child_entry`] in a child process with `scenario`; asserts a clean exit.
+/// Runs [`child`] in a child process with `scenario` (three times); asserts each exits 0,
+/// printed "child done" and wrote nothing on stderr, within the child's deadline.
 fn run_child(scenario: &str) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, scenario)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{scenario}: the child hung at exit");
-        }
-        std::thread::sleep(Duration::from_millis(10)); // polling a child process's exit
-    };
-    let output = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        status.success(),
-        "{scenario}: exit {status}\nstderr:\n{stderr}"
-    );
-    assert!(
-        stdout.contains("child done"),
-        "{scenario}: stdout:\n{stdout}"
-    );
-    assert!(stderr.is_empty(), "{scenario}: stderr:\n{stderr}");
+    for _ in 0..3 {
+        let finished = common::child::run(scenario);
+        finished.assert_ok_with("child done");
+        assert!(
+            finished.stderr.is_empty(),
+            "{scenario}: stderr:\n{}",
+            finished.stderr
+        );
+    }
 }
 
 #[test]
 fn l2_rust_binary_exits_after_the_loop_returned() {
-    for _ in 0..3 {
-        run_child("main-thread");
-    }
+    run_child("main-thread");
 }
 
 #[test]
 fn l2_rust_binary_exits_after_the_loop_closed() {
-    for _ in 0..3 {
-        run_child("main-thread-closed");
-    }
+    run_child("main-thread-closed");
 }
 
 #[test]
 fn l2_rust_binary_with_a_user_supplied_runtime_exits_with_the_loop_running() {
-    for _ in 0..3 {
-        run_child("user-runtime");
-    }
+    run_child("user-runtime");
 }
 
 #[test]
 fn l2_rust_binary_exits_with_the_loop_running_in_a_worker_thread() {
-    for _ in 0..3 {
-        run_child("worker-thread");
-    }
+    run_child("worker-thread");
 }
