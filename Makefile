@@ -28,9 +28,18 @@ help:
 	@echo "make test   - every suite: fmt, clippy, cargo tests (also the attributes and the rename fixture, and without PyO3's reference pool), proptests, pytest also on CPython 3.9, pytest under asyncio and uvloop, both wakeup modes"
 	@echo "make bench  - benchmarks vs pyo3-async-runtimes, PyO3 async fn and asyncio (release build, ~2-3 min); writes BENCHMARKS.md"
 
+# What every test venv holds. rloop (an asyncio loop written in Rust) ships wheels for CPython
+# 3.10+ only (its last 3.9 wheels are 0.2's), so it is installed from 3.10 on, as a wheel, never
+# built from source; on 3.9 conftest.py skips the rloop runs with that reason.
+TEST_DEPS := 'maturin>=1.7,<2' 'pytest>=8' 'pytest-timeout>=2.3' 'uvloop>=0.19'
+RLOOP_REQ := rloop>=0.5,<0.6
+# $(call install_test_deps,VENV_DIR)
+install_test_deps = $(1)/bin/pip install -q --disable-pip-version-check --only-binary=rloop $(TEST_DEPS) \
+	$$($(1)/bin/python -c 'import sys; print("$(RLOOP_REQ)" if sys.version_info >= (3, 10) else "")')
+
 $(VENV)/.installed: Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check 'maturin>=1.7,<2' 'pytest>=8' 'pytest-timeout>=2.3' 'uvloop>=0.19'
+	$(call install_test_deps,$(VENV))
 	touch $@
 
 venv: $(VENV)/.installed

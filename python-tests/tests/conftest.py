@@ -1,7 +1,8 @@
 """Shared harness for the bridge's pytest suite.
 
-Every async test takes the ``run`` fixture and is run twice, once on the default asyncio loop
-and once on uvloop (``loop_kind``). ``run(coro_fn)`` gives each test a fresh loop in debug mode
+Every async test takes the ``run`` fixture and is run once per loop kind (``loop_kind``): the
+default asyncio loop, uvloop, and rloop (an asyncio loop written in Rust; it ships wheels for
+CPython 3.10+ only, so its runs are skipped on 3.9 with that reason). ``run(coro_fn)`` gives each test a fresh loop in debug mode
 and fails the test when anything goes wrong *around* it, not only inside it:
 
 * every call of the loop's exception handler ("Task was destroyed but it is pending",
@@ -30,7 +31,30 @@ import uvloop
 
 import bridge_pytests  # noqa: F401 - a missing extension fails the run at collection
 
-LOOP_KINDS = ("asyncio", "uvloop")
+#: rloop ships wheels for CPython 3.10+ only (its 3.9 wheels stop at 0.2): there it is required
+#: like uvloop (a missing one fails the run); on 3.9 its runs are skipped, with this reason.
+RLOOP_SUPPORTED = sys.version_info >= (3, 10)
+RLOOP_SKIP_REASON = "rloop ships no wheel for CPython 3.9 (rloop 0.3+ needs 3.10+)"
+if RLOOP_SUPPORTED:
+    import rloop
+else:
+    rloop = None
+
+LOOP_KINDS = ("asyncio", "uvloop", "rloop")
+
+#: ``LOOP_KINDS`` for ``pytest.mark.parametrize``: the rloop runs skip where rloop has no wheel.
+LOOP_PARAMS = tuple(
+    pytest.param(
+        kind,
+        marks=pytest.mark.skipif(
+            kind == "rloop" and not RLOOP_SUPPORTED, reason=RLOOP_SKIP_REASON
+        ),
+    )
+    for kind in LOOP_KINDS
+)
+
+#: The loop kinds this interpreter can run (for tests that spread work over every kind).
+AVAILABLE_LOOP_KINDS = tuple(k for k in LOOP_KINDS if k != "rloop" or RLOOP_SUPPORTED)
 
 #: The whole suite also runs with ``PYO3_ASYNC_BRIDGE_WAKEUP=threadsafe`` (see the Makefile).
 THREADSAFE_WAKEUP = os.environ.get("PYO3_ASYNC_BRIDGE_WAKEUP") == "threadsafe"
@@ -39,14 +63,42 @@ THREADSAFE_WAKEUP = os.environ.get("PYO3_ASYNC_BRIDGE_WAKEUP") == "threadsafe"
 DEFAULT_TIMEOUT = 30.0
 
 
+def loop_class(kind: str) -> type:
+    """The event loop class of ``kind`` (to subclass, or to check a loop against)."""
+    if kind == "asyncio":
+        # The default loop on Unix, named explicitly so that no installed policy changes it.
+        return asyncio.SelectorEventLoop
+    if kind == "uvloop":
+        return uvloop.Loop
+    if kind == "rloop":
+        if rloop is None:
+            pytest.skip(RLOOP_SKIP_REASON)
+        return rloop.RLoop
+    raise ValueError(f"unknown loop kind {kind!r}")
+
+
 def new_loop(kind: str) -> asyncio.AbstractEventLoop:
     """A fresh, not yet running event loop of ``kind``."""
-    if kind == "asyncio":
-        # The default loop on Unix, made explicitly so that no installed policy changes it.
-        return asyncio.SelectorEventLoop()
+    return loop_class(kind)()
+
+
+#: ``loop_class()`` and ``new_loop()`` for the suite's subprocess scripts, which take the loop
+#: kind as ``sys.argv[1]`` (the script imports ``asyncio`` and ``sys`` first).
+SCRIPT_LOOPS = """
+def loop_class():
+    kind = sys.argv[1]
     if kind == "uvloop":
-        return uvloop.new_event_loop()
-    raise ValueError(f"unknown loop kind {kind!r}")
+        import uvloop
+        return uvloop.Loop
+    if kind == "rloop":
+        import rloop
+        return rloop.RLoop
+    assert kind == "asyncio", kind
+    return asyncio.SelectorEventLoop
+
+def new_loop():
+    return loop_class()()
+"""
 
 
 def _describe_handler_call(context: dict) -> str:
@@ -137,9 +189,9 @@ class Runner:
         return result
 
 
-@pytest.fixture(params=LOOP_KINDS)
+@pytest.fixture(params=LOOP_PARAMS)
 def loop_kind(request) -> str:
-    """Every async test runs on both the default asyncio loop and uvloop."""
+    """Every async test runs on the default asyncio loop, uvloop and rloop."""
     return request.param
 
 

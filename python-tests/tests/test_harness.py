@@ -15,7 +15,7 @@ import textwrap
 
 import pytest
 
-from conftest import DEFAULT_TIMEOUT, Runner
+from conftest import DEFAULT_TIMEOUT, Runner, loop_class
 
 
 def test_harness_run_returns_the_result_and_uses_the_loop_kind(run, loop_kind):
@@ -24,12 +24,7 @@ def test_harness_run_returns_the_result_and_uses_the_loop_kind(run, loop_kind):
 
     loop_type, debug = run(main)
     assert debug is True
-    if loop_kind == "uvloop":
-        import uvloop
-
-        assert issubclass(loop_type, uvloop.Loop)
-    else:
-        assert issubclass(loop_type, asyncio.SelectorEventLoop)
+    assert issubclass(loop_type, loop_class(loop_kind))
 
 
 def test_harness_fails_on_future_exception_never_retrieved(run):
