@@ -248,7 +248,7 @@ def pytest_runtest_logreport(report) -> None:
 
 def pytest_sessionfinish(session, exitstatus) -> None:
     if _untied_skips:
-        print("\nskips not tied to a Python version (they fail the run):")
+        print("\nskips not tied to a Python version or an rloop release (they fail the run):")
         for line in _untied_skips:
             print(f"  {line}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
