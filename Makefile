@@ -30,7 +30,7 @@ PYTHON_3.9 = $(PYTHON_OLDEST)
 
 help:
 	@echo "make demo   - a runnable tour of the bridge (asserts every step)"
-	@echo "make test   - every suite: fmt, clippy, cargo tests (also the attributes and the rename fixture, and without PyO3's reference pool), proptests, pytest also on CPython 3.9, pytest under asyncio and uvloop, both wakeup modes"
+	@echo "make test   - every suite: fmt, clippy, cargo tests (also the attributes and the rename fixture, and without PyO3's reference pool), proptests, pytest also on CPython 3.9, pytest under asyncio, uvloop and rloop, both wakeup modes"
 	@echo "make test-all-pythons - the pytest suite on every CPython 3.9-3.13 (asyncio, uvloop and rloop where it has wheels)"
 	@echo "make bench  - benchmarks vs pyo3-async-runtimes, PyO3 async fn and asyncio (release build, ~2-3 min); writes BENCHMARKS.md"
 
@@ -90,9 +90,11 @@ build-ext: venv
 test-python: build-ext
 	cd python-tests && ../$(PYTEST) $(PYTEST_ARGS)
 
-# The same suite with the call_soon_threadsafe wakeup forced.
+# The same suite with the call_soon_threadsafe wakeup forced. To keep `make test` short, rloop runs
+# a subset here: all but the subprocess scenarios of test_exit.py and test_lifecycle.py, which
+# test-python runs under rloop (conftest.py, BRIDGE_TEST_RLOOP).
 test-python-threadsafe: build-ext
-	cd python-tests && PYO3_ASYNC_BRIDGE_WAKEUP=threadsafe ../$(PYTEST) $(PYTEST_ARGS)
+	cd python-tests && PYO3_ASYNC_BRIDGE_WAKEUP=threadsafe BRIDGE_TEST_RLOOP=subset ../$(PYTEST) $(PYTEST_ARGS)
 
 # The same suite on one CPython (3.9 ... 3.13), in its own venv and target directory.
 .PRECIOUS: .venv-3.%/.installed

@@ -232,6 +232,39 @@ def run(loop_kind: str) -> Runner:
     return Runner(loop_kind)
 
 
+#: ``BRIDGE_TEST_RLOOP=subset`` (the Makefile's second, threadsafe-wakeup pass, to keep ``make test``
+#: short): rloop runs everything but the interpreter-exit and closed-loop subprocess scenarios
+#: (most of the time rloop adds to a run), which the first pass runs under rloop in full.
+#: Deselected, and counted as such in pytest's summary and header.
+RLOOP_SUBSET = os.environ.get("BRIDGE_TEST_RLOOP") == "subset"
+_RLOOP_SUBSET_LEAVES_OUT = ("test_exit.py", "test_lifecycle.py")
+
+
+def pytest_report_header(config) -> str:
+    rloop_runs = (
+        RLOOP_SKIP_REASON
+        if not RLOOP_SUPPORTED
+        else f"rloop {rloop.__version__}"
+        + (f", without {' and '.join(_RLOOP_SUBSET_LEAVES_OUT)}" if RLOOP_SUBSET else "")
+    )
+    return f"loop kinds: asyncio, uvloop {uvloop.__version__}, {rloop_runs}"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if not RLOOP_SUBSET:
+        return
+    keep, left_out = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if params.get("loop_kind") == "rloop" and item.path.name in _RLOOP_SUBSET_LEAVES_OUT:
+            left_out.append(item)
+        else:
+            keep.append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = keep
+
+
 # A skip must be tied to a Python version (its reason names one, e.g. "3.11+") or to an rloop
 # release (``rloop_limitation``: "rloop 0.5.0: ..."): any other skip would pass a suite off as
 # green without running it, so it fails the session.
