@@ -66,6 +66,15 @@ pub enum BridgeError {
          await the awaitable instead (tokio::into_future)"
     )]
     WouldDeadlock,
+    /// A `!Send` crossing (`tokio::local_future_into_py*`) was made outside a tokio `LocalSet`
+    /// (rule R6).
+    #[error(
+        "{0} must be called inside a tokio LocalSet (LocalSet::run_until, LocalSet::block_on, or \
+         a task spawned with tokio::task::spawn_local), for example with \
+         LocalSet::new().block_on(runtime, tokio::scope_local(locals, fut)); a Send future can \
+         use future_into_py instead"
+    )]
+    NoLocalSet(&'static str),
 }
 
 impl From<BridgeError> for PyErr {
@@ -82,7 +91,8 @@ impl From<BridgeError> for PyErr {
             | BridgeError::Exiting
             | BridgeError::LoopRunning(_)
             | BridgeError::ClosedLoopGiven(_)
-            | BridgeError::WouldDeadlock => PyRuntimeError::new_err(e.to_string()),
+            | BridgeError::WouldDeadlock
+            | BridgeError::NoLocalSet(_) => PyRuntimeError::new_err(e.to_string()),
         }
     }
 }

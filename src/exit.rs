@@ -13,9 +13,10 @@
 //!    (L2: the tokens fire; should the loop run again, the crossing's future ends cancelled
 //!    with [`EXIT_CANCEL_MESSAGE`](crate::EXIT_CANCEL_MESSAGE)). A loop still running in
 //!    another thread keeps settling its crossings;
-//! 3. it waits, with the GIL released and for at most [`QUIESCE_LIMIT`] in all, until no
-//!    thread is inside a bridge frame entered from Python (a crossing being made, a drain) and
-//!    the stopped Rust futures are dropped;
+//! 3. it waits, with the GIL released and for at most [`QUIESCE_LIMIT`], until no thread is
+//!    inside a bridge frame entered from Python (a crossing being made, a drain) and no
+//!    delivery is queued for a loop that still runs (for a settled 10 ms), and until the
+//!    stopped Rust futures are dropped;
 //! 4. it closes the gate of the bridge's own threads (the waker, the watchdog): they never
 //!    attach again.
 //!
@@ -40,9 +41,11 @@
 use crate::attach::attach;
 use crate::err::BridgeError;
 use crate::live::LiveCrossing;
+use crate::queue::LoopQueue;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Set by the `atexit` hook: no new crossing, and the bridge's own threads no longer attach.
@@ -111,10 +114,25 @@ fn wait_for_zero(counter: &AtomicUsize, deadline: Instant) {
 #[pyfunction]
 fn quiesce_bridge(py: Python<'_>) {
     EXITING.store(true, Ordering::SeqCst);
-    let stopped = stop_crossings(py);
+    let (stopped, serving) = stop_crossings(py);
     py.detach(|| {
         let deadline = Instant::now() + QUIESCE_LIMIT;
-        wait_for_zero(&ACTIVE, deadline);
+        // A loop still running in another thread (a daemon thread, typically) drains the
+        // outcomes that are arriving for it: wait until no bridge frame is active and no
+        // delivery is queued for such a loop, for a settled 10 ms, so that it is done entering
+        // bridge frames before finalization starts. (New crossings are refused from now on;
+        // crossings that stay pending, such as a long poll, do not hold the exit up.)
+        let mut quiet_since: Option<Instant> = None;
+        while Instant::now() < deadline {
+            let quiet = ACTIVE.load(Ordering::SeqCst) == 0 && !serving.iter().any(|q| q.is_armed());
+            match (quiet, quiet_since) {
+                (false, _) => quiet_since = None,
+                (true, None) => quiet_since = Some(Instant::now()),
+                (true, Some(t)) if t.elapsed() >= Duration::from_millis(10) => break,
+                (true, Some(_)) => {}
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
         // Its own bound: a bridge thread counted in may be waiting for the GIL that this
         // thread just released, and must be let through before finalization, however long the
         // wait above took.
@@ -125,15 +143,22 @@ fn quiesce_bridge(py: Python<'_>) {
             std::thread::sleep(Duration::from_millis(1));
         }
     });
-    drop(stopped); // Attached again.
+    drop((stopped, serving)); // Attached again.
+}
+
+/// Whether the `atexit` hook has run: the bridge's own threads stop.
+pub(crate) fn is_exiting() -> bool {
+    EXITING.load(Ordering::SeqCst)
 }
 
 /// L2: stops the Rust future of every crossing still pending on a loop that no longer runs
-/// (nothing could deliver its outcome); returns those whose future was still running.
-/// Crossings on a loop that still runs (in another thread) are left to settle: an `atexit`
-/// handler that runs after this one may be waiting for them (L3). Attached.
-fn stop_crossings(py: Python<'_>) -> Vec<std::sync::Arc<dyn LiveCrossing>> {
+/// (nothing could deliver its outcome); returns those whose future was still running, and the
+/// queues of the loops that still run. Crossings on a loop that still runs (in another thread)
+/// are left to settle: an `atexit` handler that runs after this one may be waiting for them
+/// (L3). Attached.
+fn stop_crossings(py: Python<'_>) -> (Vec<Arc<dyn LiveCrossing>>, Vec<Arc<LoopQueue>>) {
     let mut stopped = Vec::new();
+    let mut serving = Vec::new();
     for queue in crate::registry::queues_at_exit() {
         let running = queue.event_loop(py).is_some_and(|l| {
             l.call_method0(pyo3::intern!(py, "is_running"))
@@ -141,6 +166,7 @@ fn stop_crossings(py: Python<'_>) -> Vec<std::sync::Arc<dyn LiveCrossing>> {
                 .unwrap_or(false)
         });
         if running {
+            serving.push(queue);
             continue;
         }
         for crossing in queue.live_crossings() {
@@ -149,7 +175,7 @@ fn stop_crossings(py: Python<'_>) -> Vec<std::sync::Arc<dyn LiveCrossing>> {
             }
         }
     }
-    stopped
+    (stopped, serving)
 }
 
 /// `os.register_at_fork(after_in_child=...)`: the threads the counters counted are gone.

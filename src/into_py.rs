@@ -274,9 +274,10 @@ fn set_outcome(fut: &Bound<'_, PyAny>, result: PyResult<Py<PyAny>>) -> PyResult<
     .map(drop)
 }
 
-/// Converts a result on the loop thread. `()` becomes `None` (PyO3 would give `()`), and a
-/// failing or panicking conversion fails only this future (C2).
-fn convert<T>(py: Python<'_>, value: T) -> PyResult<Py<PyAny>>
+/// Converts a result on the loop thread (on a `LocalSet`'s thread for a `!Send` result, R6).
+/// `()` becomes `None` (PyO3 would give `()`), and a failing or panicking conversion fails only
+/// this future (C2).
+pub(crate) fn convert<T>(py: Python<'_>, value: T) -> PyResult<Py<PyAny>>
 where
     T: for<'py> IntoPyObject<'py> + 'static,
 {

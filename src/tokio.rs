@@ -1,6 +1,6 @@
 //! The tokio runtime: crossings in both directions, task-local [`TaskLocals`], the runtime
 //! ([`init`], [`get_handle`], …), the entry points [`run`], [`run_until_complete`] and
-//! [`block_on_python`].
+//! [`block_on_python`], and `!Send` futures on a `LocalSet` ([`local_future_into_py`]).
 //!
 //! Mirrors `pyo3_async_runtimes::tokio`.
 
@@ -14,10 +14,12 @@ use tokio_util::sync::CancellationToken;
 
 mod blocking;
 mod interrupt;
+mod local;
 mod run;
 mod runtime;
 
 pub use blocking::block_on_python;
+pub use local::{local_future_into_py, local_future_into_py_with_locals, scope_local};
 pub use run::{run, run_until_complete};
 pub(crate) use runtime::handle;
 pub use runtime::{

@@ -202,6 +202,9 @@ fn watchdog() {
         // Look every PERIOD until a scan finds nothing to watch.
         loop {
             std::thread::sleep(PERIOD);
+            if crate::exit::is_exiting() {
+                return; // L3: not even a ping (a drain it causes is a bridge frame) from now on.
+            }
             let now = now_ms();
             let mut pings = Vec::new();
             let mut suspects = Vec::new();

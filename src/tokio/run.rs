@@ -135,6 +135,9 @@ struct Main<'py, T> {
     slot: Arc<Mutex<Option<T>>>,
     /// Closed when the Rust future (which holds the sender) is dropped, completed or not.
     dropped: oneshot::Receiver<()>,
+    /// Lets the Rust future begin: opened by `finish`, once whatever `run` sets up around the
+    /// crossing (the Ctrl-C handler) is in place. Dropped unopened, the future begins anyway.
+    gate: oneshot::Sender<()>,
 }
 
 impl<'py, T: Send + Sync + 'static> Main<'py, T> {
@@ -158,8 +161,11 @@ impl<'py, T: Send + Sync + 'static> Main<'py, T> {
         let slot = Arc::new(Mutex::new(None));
         let (notice, dropped) = oneshot::channel::<()>();
         let filled = Arc::clone(&slot);
+        let (gate, opened) = oneshot::channel::<()>();
         let work = async move {
-            // Runtime thread.
+            // Runtime thread. The user's future starts once `finish` opens the gate: the loop
+            // is about to run and the Ctrl-C handler (if any) is installed.
+            let _ = opened.await;
             let value = fut.await?;
             *filled.lock().unwrap_or_else(PoisonError::into_inner) = Some(value);
             Ok(())
@@ -177,6 +183,7 @@ impl<'py, T: Send + Sync + 'static> Main<'py, T> {
             locals,
             slot,
             dropped,
+            gate,
         })
     }
 
@@ -184,13 +191,15 @@ impl<'py, T: Send + Sync + 'static> Main<'py, T> {
     /// (invariant 1), then returns the value, or the error the loop run ended with.
     fn finish(self, event_loop: &Bound<'py, PyAny>, interrupt: Option<&Interrupt>) -> PyResult<T> {
         let py = event_loop.py();
-        let ran = event_loop.call_method1(intern!(py, "run_until_complete"), (&self.future,));
         let Main {
             future,
             locals,
             slot,
             dropped,
+            gate,
         } = self;
+        let _ = gate.send(());
+        let ran = event_loop.call_method1(intern!(py, "run_until_complete"), (&future,));
         let waited = await_drop(event_loop, &future, locals, dropped);
         let value = match ran {
             Ok(_) => slot
