@@ -90,11 +90,13 @@ build-ext: venv
 test-python: build-ext
 	cd python-tests && ../$(PYTEST) $(PYTEST_ARGS)
 
-# The same suite with the call_soon_threadsafe wakeup forced. To keep `make test` short, rloop runs
-# a subset here: all but the subprocess scenarios of test_exit.py and test_lifecycle.py, which
-# test-python runs under rloop (conftest.py, BRIDGE_TEST_RLOOP).
+# The same suite with the call_soon_threadsafe wakeup forced. The repeat passes run the exit and
+# lifecycle subprocess scenarios fewer times each, and rloop a subset: all but those scenarios,
+# which test-python runs under rloop (conftest.py, BRIDGE_TEST_RLOOP).
+REPEAT_PASS := BRIDGE_EXIT_RUNS_SCALE=0.34
+
 test-python-threadsafe: build-ext
-	cd python-tests && PYO3_ASYNC_BRIDGE_WAKEUP=threadsafe BRIDGE_TEST_RLOOP=subset ../$(PYTEST) $(PYTEST_ARGS)
+	cd python-tests && PYO3_ASYNC_BRIDGE_WAKEUP=threadsafe $(REPEAT_PASS) BRIDGE_TEST_RLOOP=subset ../$(PYTEST) $(PYTEST_ARGS)
 
 # The same suite on one CPython (3.9 ... 3.13), in its own venv and target directory.
 .PRECIOUS: .venv-3.%/.installed
@@ -107,10 +109,11 @@ test-python-threadsafe: build-ext
 test-python-3.%: .venv-3.%/.installed
 	cd python-tests && VIRTUAL_ENV=$(abspath .venv-3.$*) PYO3_PYTHON=$(abspath .venv-3.$*)/bin/python \
 		CARGO_TARGET_DIR=$(abspath target/py3$*) ../.venv-3.$*/bin/maturin develop --quiet
-	cd python-tests && ../.venv-3.$*/bin/pytest $(PYTEST_ARGS)
+	cd python-tests && $(PYTEST_ENV) ../.venv-3.$*/bin/pytest $(PYTEST_ARGS)
 
-# make test runs the oldest; test-all-pythons every one, one after the other (each builds the
-# extension once, then runs the suite under asyncio, uvloop and rloop).
+# make test runs the oldest (a repeat pass); test-all-pythons every one in full, one after the
+# other (each builds the extension once, then runs the suite under asyncio, uvloop and rloop).
+test-python-oldest: PYTEST_ENV := $(REPEAT_PASS)
 test-python-oldest: test-python-3.9
 
 test-all-pythons: $(addprefix test-python-,$(ALL_PYTHONS))

@@ -27,11 +27,13 @@ import bridge_pytests as b
 from conftest import LOOP_PARAMS, SCRIPT_LOOPS, THREADSAFE_WAKEUP
 
 #: Runs per scenario and loop kind: the daemon-thread crash it guards against showed up in
-#: 20-50 % of runs before the fix.
-RUNS = 8
+#: 20-50 % of runs before the fix. `BRIDGE_EXIT_RUNS_SCALE` (a fraction) lowers the counts for
+#: the repeat passes of `make test` (other wakeup, oldest CPython).
+SCALE = float(os.environ.get("BRIDGE_EXIT_RUNS_SCALE", "1"))
+RUNS = max(2, int(8 * SCALE))
 #: Runs of the daemon-thread scenario: without the fix the asyncio loop crashed in about
 #: 10-30 % of runs (uvloop, all C, never did); the test caught it in 4 of 5 tries at 8 runs.
-DAEMON_RUNS = 16
+DAEMON_RUNS = max(4, int(16 * SCALE))
 #: Deadline of one subprocess run.
 DEADLINE = 60
 
@@ -272,11 +274,18 @@ def test_l2_exit_stops_only_unfinished_work_on_loops_that_no_longer_run(loop_kin
 import atexit
 
 def finish_later():
-    done = loop.run_until_complete(finished)
     try:
-        loop.run_until_complete(unfinished)
+        done = loop.run_until_complete(asyncio.wait_for(finished, 2))
+    except asyncio.TimeoutError:
+        done = "HUNG"
+    try:
+        # Bounded: with the threadsafe wakeup the outcome of work stopped at exit is never
+        # delivered (the waker thread stops at the hook, L3), and the handler must not hang.
+        loop.run_until_complete(asyncio.wait_for(unfinished, 2))
     except asyncio.CancelledError as e:
         print("unfinished:", e.args[0] if e.args else None, flush=True)
+    except asyncio.TimeoutError:
+        print("unfinished: HUNG", flush=True)
     loop.close()
     print("finished:", done, flush=True)
     print("done", flush=True)
@@ -295,5 +304,12 @@ assert probe.wait_started(1, 20)
     for _ in range(4):
         proc = run_script(body, loop_kind)
         assert_clean(proc)
-        assert "finished: 42" in proc.stdout, proc.stdout
-        assert "unfinished: %s" % b.EXIT_CANCEL_MESSAGE in proc.stdout, proc.stdout
+        delivered = "finished: 42" in proc.stdout
+        stopped = "unfinished: %s" % b.EXIT_CANCEL_MESSAGE in proc.stdout
+        if THREADSAFE_WAKEUP:
+            # Delivered only if a drain was already scheduled with the loop before the hook
+            # (the waker thread stops there, L3); never a hang.
+            assert delivered or "finished: HUNG" in proc.stdout, proc.stdout
+            assert stopped or "unfinished: HUNG" in proc.stdout, proc.stdout
+        else:
+            assert delivered and stopped, proc.stdout

@@ -27,8 +27,9 @@ import pytest
 
 from conftest import LOOP_PARAMS, SCRIPT_LOOPS, rloop_limitation
 
-#: Runs per scenario, size and loop kind.
-RUNS = 3
+#: Runs per scenario, size and loop kind (`BRIDGE_EXIT_RUNS_SCALE` lowers it for the repeat
+#: passes of `make test`).
+RUNS = max(1, int(3 * float(os.environ.get("BRIDGE_EXIT_RUNS_SCALE", "1"))))
 #: Deadline of one subprocess run.
 DEADLINE = 60
 #: "Promptly, within about a second": the watchdog notices a closed loop within 0.85 s of its
