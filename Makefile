@@ -16,21 +16,36 @@ PY_LIBDIR := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_config_
 export LD_LIBRARY_PATH := $(PY_LIBDIR)$(if $(LD_LIBRARY_PATH),:$(LD_LIBRARY_PATH))
 PYTEST := $(VENV)/bin/pytest
 PYTEST_ARGS ?=
-# The oldest CPython the project supports: the pytest suite runs on it too (its asyncio and its
-# finalization differ). Found through pyenv or PATH; a missing one fails `make test`.
-PYTHON_OLDEST ?= $(shell for p in $$(pyenv prefix 3.9 2>/dev/null)/bin/python3.9 $$(command -v python3.9); do "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 9)' 2>/dev/null && echo "$$p" && break; done)
-VENV_OLDEST := .venv-oldest
+# Every CPython the project supports: `make test-all-pythons` runs the pytest suite on each, in
+# its own venv (.venv-3.X) and target directory (target/py3X). Each is found through pyenv or PATH
+# (`make PYTHON_3.12=/path/to/python3.12` overrides); a missing one fails the target.
+ALL_PYTHONS := 3.9 3.10 3.11 3.12 3.13
+find_python = $(shell for p in $$(pyenv prefix $(1) 2>/dev/null)/bin/python$(1) $$(command -v python$(1)); do "$$p" -c 'import sys; assert "%d.%d" % sys.version_info[:2] == "$(1)"' 2>/dev/null && echo "$$p" && break; done)
+# The oldest one also runs in `make test` (its asyncio and its finalization differ).
+PYTHON_OLDEST ?= $(call find_python,3.9)
+$(foreach v,$(ALL_PYTHONS),$(eval PYTHON_$(v) ?= $$(call find_python,$(v))))
+PYTHON_3.9 = $(PYTHON_OLDEST)
 
-.PHONY: help demo test lint test-rust test-attributes test-props test-nopool test-python test-python-threadsafe test-python-oldest build-ext venv bench
+.PHONY: help demo test lint test-rust test-attributes test-props test-nopool test-python test-python-threadsafe test-python-oldest test-all-pythons build-ext venv bench
 
 help:
 	@echo "make demo   - a runnable tour of the bridge (asserts every step)"
-	@echo "make test   - every suite: fmt, clippy, cargo tests (also the attributes and the rename fixture, and without PyO3's reference pool), proptests, pytest also on CPython 3.9, pytest under asyncio and uvloop, both wakeup modes"
+	@echo "make test   - every suite: fmt, clippy, cargo tests (also the attributes and the rename fixture, and without PyO3's reference pool), proptests, pytest also on CPython 3.9, pytest under asyncio, uvloop and rloop, both wakeup modes"
+	@echo "make test-all-pythons - the pytest suite on every CPython 3.9-3.13 (asyncio, uvloop and rloop where it has wheels)"
 	@echo "make bench  - benchmarks vs pyo3-async-runtimes, PyO3 async fn and asyncio (release build, ~2-3 min); writes BENCHMARKS.md"
+
+# What every test venv holds. rloop (an asyncio loop written in Rust) ships wheels for CPython
+# 3.10+ only (its last 3.9 wheels are 0.2's), so it is installed from 3.10 on, as a wheel, never
+# built from source; on 3.9 conftest.py skips the rloop runs with that reason.
+TEST_DEPS := 'maturin>=1.7,<2' 'pytest>=8' 'pytest-timeout>=2.3' 'uvloop>=0.19'
+RLOOP_REQ := rloop>=0.5,<0.6
+# $(call install_test_deps,VENV_DIR)
+install_test_deps = $(1)/bin/pip install -q --disable-pip-version-check --only-binary=rloop $(TEST_DEPS) \
+	$$($(1)/bin/python -c 'import sys; print("$(RLOOP_REQ)" if sys.version_info >= (3, 10) else "")')
 
 $(VENV)/.installed: Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check 'maturin>=1.7,<2' 'pytest>=8' 'pytest-timeout>=2.3' 'uvloop>=0.19'
+	$(call install_test_deps,$(VENV))
 	touch $@
 
 venv: $(VENV)/.installed
@@ -75,24 +90,34 @@ build-ext: venv
 test-python: build-ext
 	cd python-tests && ../$(PYTEST) $(PYTEST_ARGS)
 
-# The same suite with the call_soon_threadsafe wakeup forced.
-# The repeat passes run the exit and lifecycle subprocess scenarios fewer times each.
+# The same suite with the call_soon_threadsafe wakeup forced. The repeat passes run the exit and
+# lifecycle subprocess scenarios fewer times each, and rloop a subset: all but those scenarios,
+# which test-python runs under rloop (conftest.py, BRIDGE_TEST_RLOOP).
 REPEAT_PASS := BRIDGE_EXIT_RUNS_SCALE=0.34
 
 test-python-threadsafe: build-ext
-	cd python-tests && PYO3_ASYNC_BRIDGE_WAKEUP=threadsafe $(REPEAT_PASS) ../$(PYTEST) $(PYTEST_ARGS)
+	cd python-tests && PYO3_ASYNC_BRIDGE_WAKEUP=threadsafe $(REPEAT_PASS) BRIDGE_TEST_RLOOP=subset ../$(PYTEST) $(PYTEST_ARGS)
 
-# The same suite on the oldest supported CPython, in its own venv and target directory.
-$(VENV_OLDEST)/.installed: Makefile
-	@test -n "$(PYTHON_OLDEST)" || { echo "CPython 3.9 not found (set PYTHON_OLDEST)"; exit 1; }
-	$(PYTHON_OLDEST) -m venv $(VENV_OLDEST)
-	$(VENV_OLDEST)/bin/pip install -q --disable-pip-version-check 'maturin>=1.7,<2' 'pytest>=8' 'pytest-timeout>=2.3' 'uvloop>=0.19'
+# The same suite on one CPython (3.9 ... 3.13), in its own venv and target directory.
+.PRECIOUS: .venv-3.%/.installed
+.venv-3.%/.installed: Makefile
+	@test -n "$(PYTHON_3.$*)" || { echo "CPython 3.$* not found (set PYTHON_3.$*=...)"; exit 1; }
+	$(PYTHON_3.$*) -m venv .venv-3.$*
+	$(call install_test_deps,.venv-3.$*)
 	touch $@
 
-test-python-oldest: $(VENV_OLDEST)/.installed
-	cd python-tests && VIRTUAL_ENV=$(abspath $(VENV_OLDEST)) PYO3_PYTHON=$(abspath $(VENV_OLDEST))/bin/python \
-		CARGO_TARGET_DIR=$(abspath target/oldest) ../$(VENV_OLDEST)/bin/maturin develop --quiet
-	cd python-tests && $(REPEAT_PASS) ../$(VENV_OLDEST)/bin/pytest $(PYTEST_ARGS)
+test-python-3.%: .venv-3.%/.installed
+	cd python-tests && VIRTUAL_ENV=$(abspath .venv-3.$*) PYO3_PYTHON=$(abspath .venv-3.$*)/bin/python \
+		CARGO_TARGET_DIR=$(abspath target/py3$*) ../.venv-3.$*/bin/maturin develop --quiet
+	cd python-tests && $(PYTEST_ENV) ../.venv-3.$*/bin/pytest $(PYTEST_ARGS)
+
+# make test runs the oldest (a repeat pass); test-all-pythons every one in full, one after the
+# other (each builds the extension once, then runs the suite under asyncio, uvloop and rloop).
+test-python-oldest: PYTEST_ENV := $(REPEAT_PASS)
+test-python-oldest: test-python-3.9
+
+test-all-pythons: $(addprefix test-python-,$(ALL_PYTHONS))
+	@echo "make test-all-pythons: the pytest suite passed on CPython $(ALL_PYTHONS)"
 
 test: lint test-rust test-attributes test-props test-nopool test-python test-python-threadsafe test-python-oldest
 	@echo "make test: all suites passed"

@@ -1,7 +1,8 @@
 """Shared harness for the bridge's pytest suite.
 
-Every async test takes the ``run`` fixture and is run twice, once on the default asyncio loop
-and once on uvloop (``loop_kind``). ``run(coro_fn)`` gives each test a fresh loop in debug mode
+Every async test takes the ``run`` fixture and is run once per loop kind (``loop_kind``): the
+default asyncio loop, uvloop, and rloop (an asyncio loop written in Rust; it ships wheels for
+CPython 3.10+ only, so its runs are skipped on 3.9 with that reason). ``run(coro_fn)`` gives each test a fresh loop in debug mode
 and fails the test when anything goes wrong *around* it, not only inside it:
 
 * every call of the loop's exception handler ("Task was destroyed but it is pending",
@@ -30,7 +31,57 @@ import uvloop
 
 import bridge_pytests  # noqa: F401 - a missing extension fails the run at collection
 
-LOOP_KINDS = ("asyncio", "uvloop")
+#: rloop ships wheels for CPython 3.10+ only (its 3.9 wheels stop at 0.2): there it is required
+#: like uvloop (a missing one fails the run); on 3.9 its runs are skipped, with this reason.
+RLOOP_SUPPORTED = sys.version_info >= (3, 10)
+RLOOP_SKIP_REASON = "rloop ships no wheel for CPython 3.9 (rloop 0.3+ needs 3.10+)"
+if RLOOP_SUPPORTED:
+    import rloop
+else:
+    rloop = None
+
+LOOP_KINDS = ("asyncio", "uvloop", "rloop")
+
+#: rloop 0.5 has no debug mode: ``set_debug`` does nothing and ``get_debug`` is always False, so
+#: asyncio's debug checks (a non-threadsafe call from another thread raises, ...) are absent there.
+LOOP_HAS_DEBUG_MODE = {"asyncio": True, "uvloop": True, "rloop": False}
+
+
+def rloop_limitation(loop_kind: str, behaviour: str) -> None:
+    """Skips the current test on rloop 0.5, whose ``behaviour`` makes it meaningless there.
+
+    Only for what rloop itself lacks or does wrong, shown without the bridge. The skip names
+    the rloop release, and a later rloop runs the test again."""
+    if loop_kind == "rloop" and rloop is not None and rloop.__version__.startswith("0.5."):
+        pytest.skip(f"rloop {rloop.__version__}: {behaviour}")
+
+
+def exception_handler(report):
+    """A loop exception handler calling ``report(context)``.
+
+    asyncio calls a handler as ``handler(loop, context)``; rloop 0.5 calls it as
+    ``handler(context)`` (and only logs the ``TypeError`` a two-argument handler raises), so the
+    handler takes both."""
+
+    def handler(*args):
+        report(args[-1])
+
+    return handler
+
+
+#: ``LOOP_KINDS`` for ``pytest.mark.parametrize``: the rloop runs skip where rloop has no wheel.
+LOOP_PARAMS = tuple(
+    pytest.param(
+        kind,
+        marks=pytest.mark.skipif(
+            kind == "rloop" and not RLOOP_SUPPORTED, reason=RLOOP_SKIP_REASON
+        ),
+    )
+    for kind in LOOP_KINDS
+)
+
+#: The loop kinds this interpreter can run (for tests that spread work over every kind).
+AVAILABLE_LOOP_KINDS = tuple(k for k in LOOP_KINDS if k != "rloop" or RLOOP_SUPPORTED)
 
 #: The whole suite also runs with ``PYO3_ASYNC_BRIDGE_WAKEUP=threadsafe`` (see the Makefile).
 THREADSAFE_WAKEUP = os.environ.get("PYO3_ASYNC_BRIDGE_WAKEUP") == "threadsafe"
@@ -39,14 +90,44 @@ THREADSAFE_WAKEUP = os.environ.get("PYO3_ASYNC_BRIDGE_WAKEUP") == "threadsafe"
 DEFAULT_TIMEOUT = 30.0
 
 
+def loop_class(kind: str) -> type:
+    """The event loop class of ``kind`` (to subclass, or to check a loop against)."""
+    if kind == "asyncio":
+        # The default loop on Unix, named explicitly so that no installed policy changes it.
+        return asyncio.SelectorEventLoop
+    if kind == "uvloop":
+        return uvloop.Loop
+    if kind == "rloop":
+        if rloop is None:
+            pytest.skip(RLOOP_SKIP_REASON)
+        return rloop.RLoop
+    raise ValueError(f"unknown loop kind {kind!r}")
+
+
 def new_loop(kind: str) -> asyncio.AbstractEventLoop:
     """A fresh, not yet running event loop of ``kind``."""
-    if kind == "asyncio":
-        # The default loop on Unix, made explicitly so that no installed policy changes it.
-        return asyncio.SelectorEventLoop()
+    return loop_class(kind)()
+
+
+#: ``loop_class()`` and ``new_loop()`` for the suite's subprocess scripts, which take the loop
+#: kind as ``sys.argv[1]`` (the script imports ``asyncio`` and ``sys`` first).
+SCRIPT_LOOPS = """
+def loop_class():
+    kind = sys.argv[1]
     if kind == "uvloop":
-        return uvloop.new_event_loop()
-    raise ValueError(f"unknown loop kind {kind!r}")
+        import uvloop
+        return uvloop.Loop
+    if kind == "rloop":
+        import rloop, warnings
+        # rloop 0.5 leaks its self-pipe sockets (pyproject.toml's filterwarnings says more).
+        warnings.filterwarnings("ignore", "unclosed <socket.socket", ResourceWarning, "rloop.loop")
+        return rloop.RLoop
+    assert kind == "asyncio", kind
+    return asyncio.SelectorEventLoop
+
+def new_loop():
+    return loop_class()()
+"""
 
 
 def _describe_handler_call(context: dict) -> str:
@@ -108,7 +189,9 @@ class Runner:
             try:
                 loop.set_debug(True)
                 loop.set_exception_handler(
-                    lambda _loop, context: handler_calls.append(_describe_handler_call(context))
+                    exception_handler(
+                        lambda context: handler_calls.append(_describe_handler_call(context))
+                    )
                 )
                 result = loop.run_until_complete(asyncio.wait_for(coro_fn(*args), timeout))
                 failed = False
@@ -137,9 +220,9 @@ class Runner:
         return result
 
 
-@pytest.fixture(params=LOOP_KINDS)
+@pytest.fixture(params=LOOP_PARAMS)
 def loop_kind(request) -> str:
-    """Every async test runs on both the default asyncio loop and uvloop."""
+    """Every async test runs on the default asyncio loop, uvloop and rloop."""
     return request.param
 
 
@@ -149,9 +232,43 @@ def run(loop_kind: str) -> Runner:
     return Runner(loop_kind)
 
 
-# A skip must be tied to a Python version (its reason names one, e.g. "3.11+"): any other skip
-# would pass a suite off as green without running it, so it fails the session.
-_VERSION_IN_REASON = re.compile(r"\b3\.\d+")
+#: ``BRIDGE_TEST_RLOOP=subset`` (the Makefile's second, threadsafe-wakeup pass, to keep ``make test``
+#: short): rloop runs everything but the interpreter-exit and closed-loop subprocess scenarios
+#: (most of the time rloop adds to a run), which the first pass runs under rloop in full.
+#: Deselected, and counted as such in pytest's summary and header.
+RLOOP_SUBSET = os.environ.get("BRIDGE_TEST_RLOOP") == "subset"
+_RLOOP_SUBSET_LEAVES_OUT = ("test_exit.py", "test_lifecycle.py")
+
+
+def pytest_report_header(config) -> str:
+    rloop_runs = (
+        RLOOP_SKIP_REASON
+        if not RLOOP_SUPPORTED
+        else f"rloop {rloop.__version__}"
+        + (f", without {' and '.join(_RLOOP_SUBSET_LEAVES_OUT)}" if RLOOP_SUBSET else "")
+    )
+    return f"loop kinds: asyncio, uvloop {uvloop.__version__}, {rloop_runs}"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if not RLOOP_SUBSET:
+        return
+    keep, left_out = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if params.get("loop_kind") == "rloop" and item.path.name in _RLOOP_SUBSET_LEAVES_OUT:
+            left_out.append(item)
+        else:
+            keep.append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = keep
+
+
+# A skip must be tied to a Python version (its reason names one, e.g. "3.11+") or to an rloop
+# release (``rloop_limitation``: "rloop 0.5.0: ..."): any other skip would pass a suite off as
+# green without running it, so it fails the session.
+_VERSION_IN_REASON = re.compile(r"\b3\.\d+|^(Skipped: )?rloop \d+\.\d+\.\d+: ")
 _untied_skips: list[str] = []
 
 
@@ -164,7 +281,7 @@ def pytest_runtest_logreport(report) -> None:
 
 def pytest_sessionfinish(session, exitstatus) -> None:
     if _untied_skips:
-        print("\nskips not tied to a Python version (they fail the run):")
+        print("\nskips not tied to a Python version or an rloop release (they fail the run):")
         for line in _untied_skips:
             print(f"  {line}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

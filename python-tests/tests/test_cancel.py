@@ -19,6 +19,7 @@ import weakref
 import pytest
 
 import bridge_pytests as b
+from conftest import exception_handler
 
 #: Upper bound for anything a test waits for; the Rust work that must be dropped would run
 #: for ``LONG`` (or forever), so a drop within ``DEADLINE`` is prompt.
@@ -721,7 +722,7 @@ def test_c3_shield_failing_rust_work_is_reported_like_a_shielded_task(run):
         loop = asyncio.get_running_loop()
         harness_handler = loop.get_exception_handler()
         reports = []
-        loop.set_exception_handler(lambda _loop, context: reports.append(context))
+        loop.set_exception_handler(exception_handler(reports.append))
         try:
             probe = b.Probe()
 

@@ -24,7 +24,7 @@ import textwrap
 import pytest
 
 import bridge_pytests as b
-from conftest import LOOP_KINDS, THREADSAFE_WAKEUP
+from conftest import LOOP_PARAMS, SCRIPT_LOOPS, THREADSAFE_WAKEUP
 
 #: Runs per scenario and loop kind: the daemon-thread crash it guards against showed up in
 #: 20-50 % of runs before the fix. `BRIDGE_EXIT_RUNS_SCALE` (a fraction) lowers the counts for
@@ -42,11 +42,10 @@ EXITING_MESSAGE = "the Python interpreter is exiting"
 PRELUDE = textwrap.dedent(
     """
     import asyncio, sys, threading, time
-    import uvloop
     import bridge_pytests as b
-
-    def new_loop():
-        return uvloop.new_event_loop() if sys.argv[1] == "uvloop" else asyncio.new_event_loop()
+    """
+) + SCRIPT_LOOPS + textwrap.dedent(
+    """
 
     def run(coro_fn):
         loop = new_loop()
@@ -99,7 +98,7 @@ async def main():
 
 
 @pytest.mark.parametrize("delay", (0, 0.001))
-@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+@pytest.mark.parametrize("loop_kind", LOOP_PARAMS)
 def test_l2_exit_right_after_the_loop_with_crossings_pending(loop_kind, delay):
     # 0 ms and 1 ms after the loop returned: the exit meets outcomes still arriving.
     body = PENDING_BOTH_WAYS + """
@@ -115,7 +114,7 @@ print(n, "done")
 
 
 @pytest.mark.parametrize("where", ("main", "worker"))
-@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+@pytest.mark.parametrize("loop_kind", LOOP_PARAMS)
 def test_l2_exit_with_a_user_supplied_runtime(loop_kind, where):
     # The same exits with the runtime handed over by the user (`init_with_runtime`): its
     # threads are not the bridge's, and still nothing may attach or crash at exit.
@@ -133,7 +132,7 @@ print("done")
         assert_clean(run_script(body, loop_kind))
 
 
-@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+@pytest.mark.parametrize("loop_kind", LOOP_PARAMS)
 def test_l2_exit_with_the_loop_in_a_joined_worker_thread(loop_kind):
     body = PENDING_BOTH_WAYS + """
 t = threading.Thread(target=run, args=(main,))
@@ -145,7 +144,7 @@ print("done")
         assert_clean(run_script(body, loop_kind))
 
 
-@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+@pytest.mark.parametrize("loop_kind", LOOP_PARAMS)
 def test_l3_exit_while_a_daemon_loop_thread_keeps_crossing(loop_kind):
     # The daemon's loop gathers crossings without pause; the main thread exits under it. Before the fix, 3.9-3.13 aborted ("FATAL: exception not rethrown") or
     # crashed in a good share of runs.
@@ -177,7 +176,7 @@ print("done", flush=True)
         assert "done" in proc.stdout.split(), proc.stdout
 
 
-@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+@pytest.mark.parametrize("loop_kind", LOOP_PARAMS)
 def test_l3_crossing_from_an_atexit_handler_gets_a_clear_error(loop_kind):
     # Registered before the bridge's hook, so it runs after it (atexit is last in, first out).
     body = """
@@ -216,7 +215,7 @@ assert run(main) == 42
         assert_clean(run_script(body, loop_kind))
 
 
-@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+@pytest.mark.parametrize("loop_kind", LOOP_PARAMS)
 def test_l3_atexit_handler_gets_a_crossing_begun_before_the_hook(loop_kind):
     # A graceful shutdown: a handler registered at import time (so it runs after the bridge's
     # hook) waits for work begun on a loop in another thread. Crossings in flight still settle
@@ -265,7 +264,7 @@ asyncio.run_coroutine_threadsafe(begin(), state["loop"]).result(timeout=20)
         assert expected in proc.stdout, proc.stdout
 
 
-@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+@pytest.mark.parametrize("loop_kind", LOOP_PARAMS)
 def test_l2_exit_stops_only_unfinished_work_on_loops_that_no_longer_run(loop_kind):
     # The loop is not running when the bridge's hook runs; a handler that runs after the hook
     # runs it again. A crossing whose Rust future had already finished still delivers its value

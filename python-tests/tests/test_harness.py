@@ -15,7 +15,7 @@ import textwrap
 
 import pytest
 
-from conftest import DEFAULT_TIMEOUT, Runner
+from conftest import DEFAULT_TIMEOUT, LOOP_HAS_DEBUG_MODE, Runner, loop_class
 
 
 def test_harness_run_returns_the_result_and_uses_the_loop_kind(run, loop_kind):
@@ -23,13 +23,8 @@ def test_harness_run_returns_the_result_and_uses_the_loop_kind(run, loop_kind):
         return type(asyncio.get_running_loop()), asyncio.get_running_loop().get_debug()
 
     loop_type, debug = run(main)
-    assert debug is True
-    if loop_kind == "uvloop":
-        import uvloop
-
-        assert issubclass(loop_type, uvloop.Loop)
-    else:
-        assert issubclass(loop_type, asyncio.SelectorEventLoop)
+    assert debug is LOOP_HAS_DEBUG_MODE[loop_kind]
+    assert issubclass(loop_type, loop_class(loop_kind))
 
 
 def test_harness_fails_on_future_exception_never_retrieved(run):

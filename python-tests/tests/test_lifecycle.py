@@ -25,7 +25,7 @@ import textwrap
 
 import pytest
 
-from conftest import LOOP_KINDS
+from conftest import LOOP_PARAMS, SCRIPT_LOOPS, rloop_limitation
 
 #: Runs per scenario, size and loop kind (`BRIDGE_EXIT_RUNS_SCALE` lowers it for the repeat
 #: passes of `make test`).
@@ -41,13 +41,12 @@ CLOSED_MESSAGE = "RuntimeError: the asyncio event loop was closed"
 PRELUDE = textwrap.dedent(
     """
     import asyncio, gc, sys, threading, time, weakref
-    import uvloop
     import bridge_pytests as b
 
     gc.disable()
-
-    def new_loop():
-        return uvloop.new_event_loop() if sys.argv[1] == "uvloop" else asyncio.new_event_loop()
+    """
+) + SCRIPT_LOOPS + textwrap.dedent(
+    """
 
     N = int(sys.argv[2])
 
@@ -82,7 +81,7 @@ SIZES = (1, 100, 10_000)
 
 
 @pytest.mark.parametrize("n", SIZES)
-@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+@pytest.mark.parametrize("loop_kind", LOOP_PARAMS)
 def test_l1_closing_the_loop_stops_pending_rust_work(loop_kind, n):
     body = """
     probe = b.LifeProbe()
@@ -110,7 +109,7 @@ def test_l1_closing_the_loop_stops_pending_rust_work(loop_kind, n):
         assert float(r["dropped_after"]) < PROMPT, r
 
 
-@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+@pytest.mark.parametrize("loop_kind", LOOP_PARAMS)
 def test_l1_results_arriving_after_the_close_are_released(loop_kind):
     # Rust futures finish 0-0.25 s after the close, before the bridge can notice it (0.45 s at
     # the earliest): each outcome, a Python object, waits in the closed loop's queue and must be
@@ -151,7 +150,7 @@ def test_l1_results_arriving_after_the_close_are_released(loop_kind):
 
 
 @pytest.mark.parametrize("n", SIZES)
-@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+@pytest.mark.parametrize("loop_kind", LOOP_PARAMS)
 def test_l1_rust_awaiting_a_closed_loop_fails_promptly(loop_kind, n):
     # The loop runs in a thread; tokio tasks (outside any crossing) await N Python tasks that
     # never finish, plus 10 coroutines queued after the loop stopped (never started). The loop
@@ -202,8 +201,13 @@ def test_l1_rust_awaiting_a_closed_loop_fails_promptly(loop_kind, n):
         assert float(r["failed_after"]) < PROMPT, r
 
 
-@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+@pytest.mark.parametrize("loop_kind", LOOP_PARAMS)
 def test_l1_a_closed_loop_is_released(loop_kind):
+    rloop_limitation(
+        loop_kind,
+        "an RLoop is never freed, even unused by the bridge: it and its _PidfdChildWatcher "
+        "reference each other and its Rust base class takes no part in cyclic GC",
+    )
     # Before L1, a job left in a closed loop's queue held the loop's TaskLocals, which held the
     # queue: the loop, its registry entry and its socket were never released.
     body = """
@@ -231,7 +235,7 @@ def test_l1_a_closed_loop_is_released(loop_kind):
         results(run_script(body, loop_kind, 100))
 
 
-@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+@pytest.mark.parametrize("loop_kind", LOOP_PARAMS)
 def test_l1_nothing_stays_pending_after_normal_runs(loop_kind):
     # Every crossing leaves its loop's pending set when it settles, in both directions,
     # including cancelled ones; the watchdog then has nothing to watch.
@@ -271,7 +275,7 @@ def test_l1_nothing_stays_pending_after_normal_runs(loop_kind):
     assert r["watchdog"] == "0", r
 
 
-@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+@pytest.mark.parametrize("loop_kind", LOOP_PARAMS)
 def test_l1_a_stopped_loop_is_not_taken_for_closed(loop_kind):
     # A loop stopped between two runs, with crossings pending, stays silent for several ping
     # cycles (the watchdog looks, and finds it open); run again, its crossings complete.
@@ -300,9 +304,9 @@ def test_l1_a_stopped_loop_is_not_taken_for_closed(loop_kind):
     assert int(r["watchdog"]) >= 1, r  # it did look: the test exercised the check
 
 
-@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+@pytest.mark.parametrize("loop_kind", LOOP_PARAMS)
 def test_l1_asyncio_run_returning_with_work_pending(loop_kind):
-    # The common way a loop gets closed: `asyncio.run` (or `uvloop.run`-like) returns while
+    # The common way a loop gets closed: `asyncio.run` (or its like for uvloop and rloop) returns while
     # crossings that no task awaits are still pending.
     body = """
     probe = b.LifeProbe()
@@ -312,8 +316,8 @@ def test_l1_asyncio_run_returning_with_work_pending(loop_kind):
         keep.extend(probe.forever() for _ in range(N))
         assert probe.wait_started(N, 20)
 
-    if sys.argv[1] == "uvloop":
-        loop = uvloop.new_event_loop()
+    if sys.argv[1] != "asyncio":
+        loop = new_loop()
         asyncio.set_event_loop(loop)
         loop.run_until_complete(main())
         loop.run_until_complete(loop.shutdown_asyncgens())

@@ -19,10 +19,9 @@ import sys
 import threading
 
 import pytest
-import uvloop
 
 import bridge_pytests as b
-from conftest import THREADSAFE_WAKEUP
+from conftest import SCRIPT_LOOPS, THREADSAFE_WAKEUP, loop_class
 
 N = 10_000
 MAX_WAKEUPS = 100
@@ -67,16 +66,9 @@ class _CountingLoop:
 _COUNT_LOCK = threading.Lock()
 
 
-class CountingSelectorLoop(_CountingLoop, asyncio.SelectorEventLoop):
-    pass
-
-
-class CountingUvloop(_CountingLoop, uvloop.Loop):
-    pass
-
-
 def counting_loop(kind: str):
-    return CountingSelectorLoop() if kind == "asyncio" else CountingUvloop()
+    """A loop of ``kind`` counting the bridge's wakeups."""
+    return type(f"Counting_{kind}", (_CountingLoop, loop_class(kind)), {})()
 
 
 def delta(after, before):
@@ -86,8 +78,7 @@ def delta(after, before):
 def test_queue_counting_loop_is_the_loop_kind_under_test(loop_kind):
     loop = counting_loop(loop_kind)
     try:
-        base = asyncio.SelectorEventLoop if loop_kind == "asyncio" else uvloop.Loop
-        assert isinstance(loop, base)
+        assert isinstance(loop, loop_class(loop_kind))
     finally:
         loop.close()
 
@@ -231,9 +222,7 @@ def test_queue_loop_without_add_reader_falls_back_to_threadsafe_wakeup(run, loop
     ``call_soon_threadsafe``; the NotImplementedError then only reached the exception handler
     and every crossing on that loop hung."""
 
-    base = asyncio.SelectorEventLoop if loop_kind == "asyncio" else uvloop.Loop
-
-    class NoAddReader(base):
+    class NoAddReader(loop_class(loop_kind)):
         def add_reader(self, *args):
             raise NotImplementedError("this loop has no add_reader")
 
@@ -245,12 +234,10 @@ def test_queue_loop_without_add_reader_falls_back_to_threadsafe_wakeup(run, loop
 
 
 _EXIT_SCRIPT = """
-import asyncio, sys, time, uvloop
+import asyncio, sys, time
 import bridge_pytests as b
-
-base = asyncio.SelectorEventLoop if sys.argv[1] == "asyncio" else uvloop.Loop
-
-class SlowWakeLoop(base):
+""" + SCRIPT_LOOPS + """
+class SlowWakeLoop(loop_class()):
     # Widens the race: the waker thread stays inside Python after it has woken the loop,
     # so the GIL goes to the main thread, which finishes and starts finalizing meanwhile.
     def call_soon_threadsafe(self, callback, *args, **kwargs):

@@ -3,7 +3,7 @@ state, never a result on a cancelled future, no await hangs), C3 (Python cancels
 and C4 (Rust drops, Python stops; a never-started coroutine is closed).
 
 Each test runs ``ITERATIONS`` iterations **per loop kind** (the ``run`` fixture runs it under
-asyncio and uvloop, with ``loop.set_debug(True)`` and an exception handler and unraisable hook
+asyncio, uvloop and rloop, with ``loop.set_debug(True)`` and an exception handler and unraisable hook
 that fail the test), cancelling at random moments, and records which window each cancellation
 hit. Every window must be hit at least ``MIN_HITS`` times per loop kind.
 
