@@ -23,6 +23,7 @@ pub(crate) fn mark_watchdog_thread() {
 }
 
 /// Marks the calling thread as a runtime thread (installed as `on_thread_start`).
+#[cfg(feature = "tokio-runtime")]
 pub(crate) fn mark_runtime_thread() {
     RUNTIME_THREAD.with(|c| c.set(true));
 }

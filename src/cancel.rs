@@ -140,7 +140,9 @@ impl Shared {
         &self.stop
     }
 
-    /// Fires when the producer is told to stop (cooperatively or not).
+    /// Fires when the producer is told to stop (cooperatively or not). Read by tokio's
+    /// cooperative crossings only.
+    #[cfg(feature = "tokio-runtime")]
     pub(crate) fn signal_token(&self) -> &CancellationToken {
         &self.signal
     }

@@ -10,6 +10,7 @@
 //! [`Shared`] cell: Python cancelling (the [`CrossingGuard`] done callback, or the cooperative
 //! future's `cancel`), the outcome arriving (`settle`), the grace timer (`drive`).
 
+use crate::attach::attach;
 use crate::cancel::{cancel_message, is_cancellation, CancelMode, Shared};
 use crate::err::{panic_message, BridgeError};
 use crate::live::{LiveCrossing, LiveKey};
@@ -313,6 +314,34 @@ impl CrossingGuard {
     }
 }
 
+/// The thread of a `!Send` crossing's task (a tokio `LocalSet`'s, or a generic runtime's local
+/// task's): sends `outcome` home with its value converted here, attached (R6: the one exception
+/// to A1's no-attach rule; `()` needs no attach). Only `Send` data leaves the thread.
+pub(crate) fn send_converted<T>(delivery: Delivery, outcome: Outcome<T>)
+where
+    T: for<'py> IntoPyObject<'py> + 'static,
+{
+    let outcome: Outcome<Py<PyAny>> = match outcome {
+        Outcome::Value(value) => {
+            if TypeId::of::<T>() == TypeId::of::<()>() {
+                // `None` on the loop thread (C2): nothing to convert here, no attach.
+                drop(value);
+                delivery.send(Outcome::Value(()));
+                return;
+            }
+            match attach(|py| convert(py, value)) {
+                Ok(object) => Outcome::Value(object),
+                Err(e) => Outcome::Error(e),
+            }
+        }
+        Outcome::Error(e) => Outcome::Error(e),
+        Outcome::Panic(msg) => Outcome::Panic(msg),
+        Outcome::Cancelled => Outcome::Cancelled,
+        Outcome::Abandoned => Outcome::Abandoned,
+    };
+    delivery.send(outcome);
+}
+
 /// Runs `fut` to its [`Outcome`], with panics caught (C2).
 ///
 /// # Cancellation
@@ -332,6 +361,7 @@ where
         CancelMode::Drop | CancelMode::Cooperative { grace: None } => {
             shared.stop_token().run_until_cancelled(guarded).await
         }
+        #[cfg(feature = "tokio-runtime")]
         CancelMode::Cooperative { grace: Some(grace) } => {
             let grace_timer = async {
                 shared.signal_token().cancelled().await;
@@ -346,6 +376,12 @@ where
                 () = grace_timer => None,
                 r = guarded => Some(r),
             }
+        }
+        // Without tokio there is no timer, and no entry point that takes a `CancelMode`: only
+        // `tokio::future_into_py_with_options` makes cooperative crossings.
+        #[cfg(not(feature = "tokio-runtime"))]
+        CancelMode::Cooperative { grace: Some(_) } => {
+            shared.stop_token().run_until_cancelled(guarded).await
         }
     };
     match finished {

@@ -19,9 +19,6 @@
 //! asyncio object happens on the loop thread, reached through one per-loop delivery queue
 //! (see `ARCHITECTURE.md`) that wakes the loop once per batch.
 #![cfg_attr(docsrs, feature(doc_cfg))]
-// Without a runtime feature the crossing machinery has no user yet (the generic runtime API
-// comes with its own issue); it still compiles.
-#![cfg_attr(not(feature = "tokio-runtime"), allow(dead_code))]
 
 // The attributes' expansions name the crate `::pyo3_async_bridge` inside its own package
 // (unit tests, examples, doctests): this makes that path resolve in the library itself too.
@@ -30,13 +27,13 @@ extern crate self as pyo3_async_bridge;
 
 mod attach;
 mod cancel;
-#[cfg(feature = "tokio-runtime")]
 mod cooperative;
 pub mod err;
 mod exit;
 mod ffi;
+pub mod generic;
+mod interrupt;
 mod into_future;
-#[cfg(feature = "tokio-runtime")]
 mod into_py;
 mod live;
 mod locals;
@@ -56,6 +53,7 @@ pub use macro_support as __macro_support;
 mod py;
 mod queue;
 mod registry;
+mod run;
 // The crossing state machine: public for the property tests (`proptests/`), hidden from the
 // docs, not part of the stable API.
 #[doc(hidden)]

@@ -17,13 +17,11 @@
 //!    `Py` is delivered through the normal path (C7). Errors and panics already are `Send`.
 
 use super::{get_current_locals, CancelScope, CANCEL, TASK_LOCALS};
-use crate::attach::attach;
 use crate::cancel::CancelMode;
 use crate::err::BridgeError;
-use crate::into_py::{convert, drive, new_crossing, Delivery, Outcome};
+use crate::into_py::{drive, new_crossing, send_converted};
 use crate::TaskLocals;
 use pyo3::prelude::*;
-use std::any::TypeId;
 use std::cell::Cell;
 use std::future::Future;
 use std::sync::Once;
@@ -155,32 +153,6 @@ where
         send_converted(delivery, task.await);
     }));
     Ok(py_fut)
-}
-
-/// The `LocalSet`'s thread: sends `outcome` home with its value converted here (invariant 3).
-fn send_converted<T>(delivery: Delivery, outcome: Outcome<T>)
-where
-    T: for<'py> IntoPyObject<'py> + 'static,
-{
-    let outcome: Outcome<Py<PyAny>> = match outcome {
-        Outcome::Value(value) => {
-            if TypeId::of::<T>() == TypeId::of::<()>() {
-                // `None` on the loop thread (C2): nothing to convert here, no attach.
-                drop(value);
-                delivery.send(Outcome::Value(()));
-                return;
-            }
-            match attach(|py| convert(py, value)) {
-                Ok(object) => Outcome::Value(object),
-                Err(e) => Outcome::Error(e),
-            }
-        }
-        Outcome::Error(e) => Outcome::Error(e),
-        Outcome::Panic(msg) => Outcome::Panic(msg),
-        Outcome::Cancelled => Outcome::Cancelled,
-        Outcome::Abandoned => Outcome::Abandoned,
-    };
-    delivery.send(outcome);
 }
 
 thread_local! {

@@ -1,5 +1,6 @@
-//! Running a Rust future as the main work of an event loop: [`run`] and [`run_until_complete`]
-//! (rules R2, R3).
+//! Running a Rust future as the main work of an event loop (rules R2, R3), for every runtime:
+//! `tokio::run`, `generic::run` and `async_std::run` (and their `run_until_complete`) are this
+//! module with the runtime's way of spawning a crossing ([`SpawnCrossing`]).
 //!
 //! The future becomes an ordinary crossing (Python awaits Rust) on the loop, carrying the
 //! bridge's [`TaskLocals`] with a copy of the caller's context (C1, C8). Its value travels back
@@ -12,11 +13,11 @@
 //! 2. Nothing is spawned when the call is refused (a loop already running in this thread, a
 //!    closed loop, an object that is no loop).
 
-use super::future_into_py_with_locals;
-use super::interrupt::Interrupt;
 use crate::err::{describe, BridgeError};
+use crate::interrupt::Interrupt;
 use crate::TaskLocals;
-use ::tokio::sync::oneshot;
+use futures::channel::oneshot;
+use futures::future::BoxFuture;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -26,78 +27,31 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
-/// Runs `fut` to completion on `event_loop`, on this thread, and returns its value.
-///
-/// The loop is not closed, and other tasks on it are left alone (see [`run`] for the complete
-/// life of a loop). If the loop stops before `fut` is done (a `KeyboardInterrupt` raised by a
-/// signal handler, `loop.stop()`), `fut` is cancelled and dropped before this returns.
-///
-/// # Contextvars
-/// `fut` runs with [`TaskLocals`] for `event_loop` carrying a copy of the caller's context
-/// (C1, C8): coroutines it awaits see the caller's `ContextVar` values.
-///
-/// # Examples
-/// ```
-/// use pyo3::prelude::*;
-///
-/// Python::attach(|py| -> PyResult<()> {
-///     let event_loop = py.import("asyncio")?.call_method0("new_event_loop")?;
-///     let n = pyo3_async_bridge::tokio::run_until_complete(event_loop.clone(), async { Ok(42) })?;
-///     assert_eq!(n, 42);
-///     event_loop.call_method0("close")?;
-///     Ok(())
-/// })
-/// .unwrap();
-/// ```
-///
-/// # Errors
-/// What `fut` returns, a panic of `fut` as `RustPanic`, `CancelledError` when the crossing was
-/// cancelled; `RuntimeError` when a loop already runs in this thread or `event_loop` is closed
-/// (nothing is started then); `TypeError` when `event_loop` is not an event loop.
-pub fn run_until_complete<F, T>(event_loop: Bound<'_, PyAny>, fut: F) -> PyResult<T>
+/// How a runtime makes a crossing (Python awaits Rust) of a boxed future with given locals:
+/// its `future_into_py_with_locals`. A plain function, so that both crossings of a run (the
+/// main one and the wait for its drop) use it.
+pub(crate) type SpawnCrossing = for<'py> fn(
+    Python<'py>,
+    TaskLocals,
+    BoxFuture<'static, PyResult<()>>,
+) -> PyResult<Bound<'py, PyAny>>;
+
+/// `run_until_complete` of every runtime: see `tokio::run_until_complete` for the contract.
+pub(crate) fn run_until_complete<F, T>(
+    spawn: SpawnCrossing,
+    event_loop: &Bound<'_, PyAny>,
+    fut: F,
+) -> PyResult<T>
 where
     F: Future<Output = PyResult<T>> + Send + 'static,
     T: Send + Sync + 'static,
 {
-    let main = Main::start(&event_loop, "run_until_complete", fut)?;
-    main.finish(&event_loop, None)
+    let main = Main::start(spawn, event_loop, "run_until_complete", fut)?;
+    main.finish(event_loop, None)
 }
 
-/// Runs `fut` to completion on a new event loop, like `asyncio.run`, and returns its value.
-///
-/// The loop comes from `asyncio.new_event_loop()` (so an installed policy, such as uvloop's,
-/// applies) and is this thread's current loop while `fut` runs. On the way out, as
-/// `asyncio.run` does, the tasks left on the loop are cancelled and awaited, async generators
-/// and the default executor are shut down, and the loop is closed.
-///
-/// # Cancellation
-/// On the main thread, Ctrl-C cancels `fut` (rule R3): its cancellation token fires, it is
-/// dropped, and `run` returns `KeyboardInterrupt`. A second Ctrl-C while the cancellation is
-/// being awaited raises `KeyboardInterrupt` at once. This holds where SIGINT still has Python's
-/// default handler or none at all (`SIG_DFL`, an embedded interpreter); a handler of the
-/// user's is left alone, and off the main thread nothing is installed.
-///
-/// # Contextvars
-/// As in [`run_until_complete`].
-///
-/// # Examples
-/// ```
-/// use pyo3::prelude::*;
-///
-/// let n = Python::attach(|py| {
-///     pyo3_async_bridge::tokio::run(py, async {
-///         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-///         Ok(7)
-///     })
-/// })
-/// .unwrap();
-/// assert_eq!(n, 7);
-/// ```
-///
-/// # Errors
-/// As [`run_until_complete`], plus `KeyboardInterrupt` after Ctrl-C; an error while closing the
-/// loop when `fut` succeeded.
-pub fn run<F, T>(py: Python<'_>, fut: F) -> PyResult<T>
+/// `run` of every runtime: see `tokio::run` for the contract.
+pub(crate) fn run<F, T>(spawn: SpawnCrossing, py: Python<'_>, fut: F) -> PyResult<T>
 where
     F: Future<Output = PyResult<T>> + Send + 'static,
     T: Send + Sync + 'static,
@@ -107,19 +61,19 @@ where
     let event_loop = asyncio.call_method0(intern!(py, "new_event_loop"))?;
     let outcome = asyncio
         .call_method1(intern!(py, "set_event_loop"), (&event_loop,))
-        .and_then(|_| run_main(&event_loop, fut));
+        .and_then(|_| run_main(spawn, &event_loop, fut));
     let closed = close(&asyncio, &event_loop);
     let value = outcome?;
     closed.map(|()| value)
 }
 
 /// `run`'s middle part: the main crossing, with the Ctrl-C handler around it.
-fn run_main<F, T>(event_loop: &Bound<'_, PyAny>, fut: F) -> PyResult<T>
+fn run_main<F, T>(spawn: SpawnCrossing, event_loop: &Bound<'_, PyAny>, fut: F) -> PyResult<T>
 where
     F: Future<Output = PyResult<T>> + Send + 'static,
     T: Send + Sync + 'static,
 {
-    let main = Main::start(event_loop, "run", fut)?;
+    let main = Main::start(spawn, event_loop, "run", fut)?;
     let interrupt = Interrupt::install(event_loop, &main.future)?;
     let outcome = main.finish(event_loop, interrupt.as_ref());
     let restored = interrupt.map_or(Ok(()), |i| i.restore(event_loop));
@@ -130,6 +84,7 @@ where
 /// The main crossing of a loop run: its asyncio future, where its value lands, and how to
 /// learn that the Rust future is gone.
 struct Main<'py, T> {
+    spawn: SpawnCrossing,
     future: Bound<'py, PyAny>,
     locals: TaskLocals,
     slot: Arc<Mutex<Option<T>>>,
@@ -142,7 +97,12 @@ struct Main<'py, T> {
 
 impl<'py, T: Send + Sync + 'static> Main<'py, T> {
     /// Loop thread, before the loop runs. Invariant 2: every refusal comes before the spawn.
-    fn start<F>(event_loop: &Bound<'py, PyAny>, entry: &'static str, fut: F) -> PyResult<Self>
+    fn start<F>(
+        spawn: SpawnCrossing,
+        event_loop: &Bound<'py, PyAny>,
+        entry: &'static str,
+        fut: F,
+    ) -> PyResult<Self>
     where
         F: Future<Output = PyResult<T>> + Send + 'static,
     {
@@ -170,15 +130,16 @@ impl<'py, T: Send + Sync + 'static> Main<'py, T> {
             *filled.lock().unwrap_or_else(PoisonError::into_inner) = Some(value);
             Ok(())
         };
-        let future = future_into_py_with_locals(
+        let future = spawn(
             py,
             locals.clone(),
-            DropNotice {
+            Box::pin(DropNotice {
                 fut: work,
                 _notice: notice,
-            },
+            }),
         )?;
         Ok(Main {
+            spawn,
             future,
             locals,
             slot,
@@ -192,6 +153,7 @@ impl<'py, T: Send + Sync + 'static> Main<'py, T> {
     fn finish(self, event_loop: &Bound<'py, PyAny>, interrupt: Option<&Interrupt>) -> PyResult<T> {
         let py = event_loop.py();
         let Main {
+            spawn,
             future,
             locals,
             slot,
@@ -200,7 +162,7 @@ impl<'py, T: Send + Sync + 'static> Main<'py, T> {
         } = self;
         let _ = gate.send(());
         let ran = event_loop.call_method1(intern!(py, "run_until_complete"), (&future,));
-        let waited = await_drop(event_loop, &future, locals, dropped);
+        let waited = await_drop(spawn, event_loop, &future, locals, dropped);
         let value = match ran {
             Ok(_) => slot
                 .lock()
@@ -221,8 +183,9 @@ impl<'py, T: Send + Sync + 'static> Main<'py, T> {
 ///
 /// No lost wakeup: the Rust future drops its sender on a runtime thread; the receiver is
 /// awaited by a crossing on the same runtime, which the sender's drop wakes whether it happened
-/// before or after that crossing started.
+/// before or after that crossing started (the channel's state is one atomic).
 fn await_drop(
+    spawn: SpawnCrossing,
     event_loop: &Bound<'_, PyAny>,
     future: &Bound<'_, PyAny>,
     locals: TaskLocals,
@@ -232,13 +195,18 @@ fn await_drop(
     if !future.call_method0(intern!(py, "done"))?.is_truthy()? {
         future.call_method0(intern!(py, "cancel"))?;
     }
-    if dropped.try_recv() != Err(oneshot::error::TryRecvError::Empty) {
+    // `Ok(None)`: the sender is still alive (the Rust future not dropped yet).
+    if !matches!(dropped.try_recv(), Ok(None)) {
         return Ok(());
     }
-    let gone = future_into_py_with_locals(py, locals, async move {
-        let _ = dropped.await;
-        Ok(())
-    })?;
+    let gone = spawn(
+        py,
+        locals,
+        Box::pin(async move {
+            let _ = dropped.await;
+            Ok(())
+        }),
+    )?;
     event_loop
         .call_method1(intern!(py, "run_until_complete"), (gone,))
         .map(drop)
@@ -337,7 +305,7 @@ fn cancel_all_tasks(asyncio: &Bound<'_, PyModule>, event_loop: &Bound<'_, PyAny>
         let context = PyDict::new(py);
         context.set_item(
             "message",
-            "unhandled exception during pyo3_async_bridge::tokio::run() shutdown",
+            "unhandled exception during pyo3_async_bridge run() shutdown",
         )?;
         context.set_item("exception", exc)?;
         context.set_item("task", task)?;
