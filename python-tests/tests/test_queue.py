@@ -238,11 +238,14 @@ import asyncio, sys, time
 import bridge_pytests as b
 """ + SCRIPT_LOOPS + """
 class SlowWakeLoop(loop_class()):
-    # Widens the race: the waker thread stays inside Python after it has woken the loop,
-    # so the GIL goes to the main thread, which finishes and starts finalizing meanwhile.
+    # Widens the race: the waker thread stays inside Python for 0.3 s after it has woken the
+    # loop, so the GIL goes to the main thread, which finishes and starts finalizing meanwhile.
+    # Bounded in time, not in iterations: on a slow or loaded machine a fixed count outlasted
+    # the exit hook's 1 s wait (L3's residual hazard), and the test failed for that instead.
     def call_soon_threadsafe(self, callback, *args, **kwargs):
         handle = super().call_soon_threadsafe(callback, *args, **kwargs)
-        for _ in range(20_000_000):
+        until = time.monotonic() + 0.3
+        while time.monotonic() < until:
             pass
         return handle
 
