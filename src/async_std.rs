@@ -2,7 +2,7 @@
 //! [`TaskLocals`], the entry points [`run`] and [`run_until_complete`], and `!Send` futures
 //! ([`local_future_into_py`]). Mirrors `pyo3_async_runtimes::async_std`.
 //!
-//! Every function is a thin call into [`generic`](crate::generic) with [`AsyncStdRuntime`]: the
+//! Every function is a thin call into [`generic`] with [`AsyncStdRuntime`]: the
 //! crossings are the tokio module's (the same state machine, delivery queue and rules C1–C9,
 //! L1–L3, R2–R3), less `cancellation_token`/`cancellation_reason` and the cooperative mode,
 //! which belong to the tokio module (SPEC R7).
@@ -102,7 +102,7 @@ pub use pyo3_async_bridge_macros::async_std_test as test;
     static TASK_LOCALS: RefCell<Option<TaskLocals>> = RefCell::new(None);
 }
 
-/// async-std's executor as a [`generic`](crate::generic) runtime: what every function of this
+/// async-std's executor as a [`generic`] runtime: what every function of this
 /// module runs on.
 pub struct AsyncStdRuntime;
 

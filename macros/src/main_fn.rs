@@ -16,34 +16,33 @@ pub(crate) fn expand(
     krate: &TokenStream,
     runtime: Runtime,
 ) -> syn::Result<TokenStream> {
-    let start = match runtime {
-        Runtime::Tokio => {
-            let options = parse_main(args)?;
-            let builder = match options.flavor {
-                Flavor::MultiThread => quote!(#krate::tokio::Builder::new_multi_thread()),
-                Flavor::CurrentThread => quote!(#krate::tokio::Builder::new_current_thread()),
-            };
-            let workers = options
-                .worker_threads
-                .map(|n| quote!(builder.worker_threads(#n);));
-            quote!(
-                let mut builder = #builder;
-                #workers
-                #krate::__macro_support::main(builder, main_future)
-            )
-        }
-        Runtime::AsyncStd if !args.is_empty() => {
-            return Err(syn::Error::new_spanned(
+    let start =
+        match runtime {
+            Runtime::Tokio => {
+                let options = parse_main(args)?;
+                let builder = match options.flavor {
+                    Flavor::MultiThread => quote!(#krate::tokio::Builder::new_multi_thread()),
+                    Flavor::CurrentThread => quote!(#krate::tokio::Builder::new_current_thread()),
+                };
+                let workers = options
+                    .worker_threads
+                    .map(|n| quote!(builder.worker_threads(#n);));
+                quote!(
+                    let mut builder = #builder;
+                    #workers
+                    #krate::__macro_support::main(builder, main_future)
+                )
+            }
+            Runtime::AsyncStd if !args.is_empty() => return Err(syn::Error::new_spanned(
                 args,
                 "`#[async_std::main]` takes no options (async-std's executor is configured with \
                  its environment variables, such as `ASYNC_STD_THREAD_COUNT`)",
-            ))
-        }
-        Runtime::AsyncStd => {
-            let rt = runtime.type_path(krate);
-            quote!(#krate::__macro_support::main_on::<#rt, _, _>(main_future))
-        }
-    };
+            )),
+            Runtime::AsyncStd => {
+                let rt = runtime.type_path(krate);
+                quote!(#krate::__macro_support::main_on::<#rt, _, _>(main_future))
+            }
+        };
     let func: ItemFn = syn::parse2(item)?;
     check(&func)?;
     let ItemFn {

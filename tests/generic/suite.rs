@@ -4,7 +4,9 @@
 //! (C4), `run` and `run_until_complete` (R2). Each takes the runtime and the name of the threads
 //! its tasks run on.
 
-use crate::common::{self, fail, gather, in_running_loop, load_module, locals_for, run_bounded, with_loop};
+use crate::common::{
+    self, fail, gather, in_running_loop, load_module, locals_for, run_bounded, with_loop,
+};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -72,13 +74,11 @@ pub fn c2_values_errors_and_panics_cross<R: ContextExt>(worker: &str) {
         let value = generic::future_into_py_with_locals::<R, _, _>(py, locals.clone(), async {
             Ok((7, thread_name()))
         })?;
-        let error =
-            generic::future_into_py_with_locals::<R, _, ()>(py, locals.clone(), async {
-                Err(PyValueError::new_err("bad"))
-            })?;
-        let panic = generic::future_into_py_with_locals::<R, _, ()>(py, locals, async {
-            panic!("boom")
+        let error = generic::future_into_py_with_locals::<R, _, ()>(py, locals.clone(), async {
+            Err(PyValueError::new_err("bad"))
         })?;
+        let panic =
+            generic::future_into_py_with_locals::<R, _, ()>(py, locals, async { panic!("boom") })?;
         let (v, thread): (i64, String) = run_bounded(event_loop, &value)?.extract()?;
         assert_eq!((v, thread.as_str()), (7, worker));
         let e = run_bounded(event_loop, &error).unwrap_err();
@@ -173,10 +173,8 @@ pub fn c3_python_cancel_drops_the_rust_future_inside_its_scope<R: ContextExt>(wo
 /// C4: dropping a `PyFuture` on `R` cancels the Python task.
 pub fn c4_dropping_the_py_future_cancels_the_python_task<R: ContextExt>() {
     let events: Vec<String> = with_loop(|py, event_loop| {
-        let crossing = generic::future_into_py_with_locals::<R, _, ()>(
-            py,
-            locals_for(event_loop)?,
-            async {
+        let crossing =
+            generic::future_into_py_with_locals::<R, _, ()>(py, locals_for(event_loop)?, async {
                 let fut = Python::attach(|py| {
                     let coro = helpers(py).call_method1("forever", ("c4",))?;
                     generic::into_future::<R>(coro)
@@ -191,8 +189,7 @@ pub fn c4_dropping_the_py_future_cancels_the_python_task<R: ContextExt>() {
                 let none = started.await?;
                 Python::attach(move |_| drop((none, fut)));
                 Ok(())
-            },
-        )?;
+            })?;
         run_bounded(event_loop, &crossing)?;
         let cancelled = helpers(py).call_method1("wait_for_signal", ("c4 cancelled",))?;
         run_bounded(event_loop, &cancelled)?;
@@ -247,4 +244,3 @@ pub fn r2_run_inside_a_running_loop_is_refused<R: ContextExt>() {
     });
     assert!(err.starts_with("RuntimeError"), "{err}");
 }
-
