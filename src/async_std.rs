@@ -51,13 +51,9 @@ use std::task::{Context, Poll};
 /// use pyo3::prelude::*;
 ///
 /// #[pyo3_async_bridge::async_std::main]
-/// async fn main() -> PyResult<()> {
-///     let fut = Python::attach(|py| {
-///         let sleep = py.import("asyncio")?.call_method1("sleep", (0,))?;
-///         pyo3_async_bridge::async_std::into_future(sleep)
-///     })?;
-///     fut.await?;
-///     Ok(())
+/// async fn main() {
+///     async_std::task::sleep(std::time::Duration::from_millis(1)).await;
+///     Python::attach(|py| assert!(pyo3_async_bridge::async_std::get_current_loop(py).is_ok()));
 /// }
 /// ```
 #[cfg(feature = "attributes")]
@@ -76,21 +72,13 @@ pub use pyo3_async_bridge_macros::async_std_main as main;
 /// use pyo3::prelude::*;
 ///
 /// #[pyo3_async_bridge::async_std::test]
-/// async fn sleeps() -> PyResult<()> {
-///     let fut = Python::attach(|py| {
-///         let sleep = py.import("asyncio")?.call_method1("sleep", (0,))?;
-///         pyo3_async_bridge::async_std::into_future(sleep)
-///     })?;
-///     fut.await?;
-///     Ok(())
+/// async fn yields() {
+///     async_std::task::yield_now().await;
 /// }
 ///
 /// #[pyo3_async_bridge::async_std::test]
-/// fn blocks(event_loop: Py<PyAny>) -> PyResult<()> {
-///     Python::attach(|py| {
-///         assert!(!event_loop.bind(py).call_method0("is_closed")?.is_truthy()?);
-///         Ok(())
-///     })
+/// fn takes_its_loop(event_loop: Py<PyAny>) -> PyResult<()> {
+///     Python::attach(|py| event_loop.bind(py).call_method0("time").map(drop))
 /// }
 /// ```
 #[cfg(feature = "attributes")]
