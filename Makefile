@@ -26,11 +26,11 @@ PYTHON_OLDEST ?= $(call find_python,3.9)
 $(foreach v,$(ALL_PYTHONS),$(eval PYTHON_$(v) ?= $$(call find_python,$(v))))
 PYTHON_3.9 = $(PYTHON_OLDEST)
 
-.PHONY: help demo test lint test-rust test-attributes test-props test-nopool test-python test-python-threadsafe test-python-oldest test-all-pythons build-ext venv bench
+.PHONY: help demo test lint test-rust test-async-std test-attributes test-props test-nopool test-python test-python-threadsafe test-python-oldest test-all-pythons build-ext venv bench
 
 help:
 	@echo "make demo   - a runnable tour of the bridge (asserts every step)"
-	@echo "make test   - every suite: fmt, clippy, cargo tests (also the attributes and the rename fixture, and without PyO3's reference pool), proptests, pytest also on CPython 3.9, pytest under asyncio, uvloop and rloop, both wakeup modes"
+	@echo "make test   - every suite: fmt, clippy, cargo tests (also async-std, the attributes and the rename fixture, and without PyO3's reference pool), proptests, pytest also on CPython 3.9, pytest under asyncio, uvloop and rloop, both wakeup modes"
 	@echo "make test-all-pythons - the pytest suite on every CPython 3.9-3.13 (asyncio, uvloop and rloop where it has wheels)"
 	@echo "make bench  - benchmarks vs pyo3-async-runtimes, PyO3 async fn and asyncio (release build, ~2-3 min); writes BENCHMARKS.md"
 
@@ -56,10 +56,17 @@ demo: venv
 lint: venv
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps -p pyo3-async-bridge --features attributes,testing
+	RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps -p pyo3-async-bridge --features attributes,testing,async-std-runtime
 
 test-rust: venv
 	cargo test -p pyo3-async-bridge
+
+# The async-std runtime (SPEC R8): its suite and doc examples with tokio beside it, then the
+# crate without tokio (the library's unit tests, the suite, and the attributes' harness tests).
+test-async-std: venv
+	cargo test -p pyo3-async-bridge --features async-std-runtime,attributes,testing --doc -- async_std
+	cargo test -p pyo3-async-bridge --features async-std-runtime,attributes,testing --test async_std
+	cargo test -p pyo3-async-bridge --no-default-features --features async-std-runtime,attributes,testing --lib --test async_std
 
 # The attributes and the test harness (SPEC T1-T4): the macros' parsing, the harness's command
 # line, the doc examples, and the rename fixture (fixtures/renamed: the bridge under the name
@@ -83,6 +90,7 @@ test-props:
 # sends every reference home to its loop thread.
 test-nopool: venv
 	RUSTFLAGS="--cfg pyo3_disable_reference_pool" cargo test -p pyo3-async-bridge --target-dir target/nopool
+	RUSTFLAGS="--cfg pyo3_disable_reference_pool" cargo test -p pyo3-async-bridge --target-dir target/nopool --features async-std-runtime --test async_std
 
 build-ext: venv
 	cd python-tests && ../$(VENV)/bin/maturin develop --quiet
@@ -119,7 +127,7 @@ test-python-oldest: test-python-3.9
 test-all-pythons: $(addprefix test-python-,$(ALL_PYTHONS))
 	@echo "make test-all-pythons: the pytest suite passed on CPython $(ALL_PYTHONS)"
 
-test: lint test-rust test-attributes test-props test-nopool test-python test-python-threadsafe test-python-oldest
+test: lint test-rust test-async-std test-attributes test-props test-nopool test-python test-python-threadsafe test-python-oldest
 	@echo "make test: all suites passed"
 
 # Release build of the benchmark extension, then every scenario interleaved across

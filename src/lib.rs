@@ -25,6 +25,9 @@
 #[allow(unused_extern_crates)]
 extern crate self as pyo3_async_bridge;
 
+#[cfg(feature = "async-std-runtime")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async-std-runtime")))]
+pub mod async_std;
 mod attach;
 mod cancel;
 mod cooperative;
@@ -37,16 +40,16 @@ mod into_future;
 mod into_py;
 mod live;
 mod locals;
-// What the expansions of `tokio::main` and `tokio::test` call; not part of the stable API.
+// What the expansions of the `main` and `test` attributes call; not part of the stable API.
 #[cfg(all(
     any(feature = "attributes", feature = "testing"),
-    feature = "tokio-runtime"
+    any(feature = "tokio-runtime", feature = "async-std-runtime")
 ))]
 #[doc(hidden)]
 pub mod macro_support;
 #[cfg(all(
     any(feature = "attributes", feature = "testing"),
-    feature = "tokio-runtime"
+    any(feature = "tokio-runtime", feature = "async-std-runtime")
 ))]
 #[doc(hidden)]
 pub use macro_support as __macro_support;
@@ -59,8 +62,11 @@ mod run;
 #[doc(hidden)]
 pub mod state;
 mod task;
-#[cfg(all(feature = "testing", feature = "tokio-runtime"))]
-#[cfg_attr(docsrs, doc(cfg(all(feature = "testing", feature = "tokio-runtime"))))]
+#[cfg(all(
+    feature = "testing",
+    any(feature = "tokio-runtime", feature = "async-std-runtime")
+))]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 #[cfg(feature = "tokio-runtime")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio-runtime")))]
@@ -84,29 +90,39 @@ pub mod debug {
 
 /// The registry behind [`testing::main`], re-exported as `pyo3-async-runtimes` does, so that
 /// `inventory::submit!` of a [`testing::Test`] works without a dependency of one's own.
-#[cfg(all(feature = "testing", feature = "tokio-runtime"))]
+#[cfg(all(
+    feature = "testing",
+    any(feature = "tokio-runtime", feature = "async-std-runtime")
+))]
 #[doc(hidden)]
 pub use inventory;
 
-/// Registers a test for [`testing::main`]; what `tokio::test` expands to besides the `#[test]`
-/// function. A no-op without the `testing` feature.
-#[cfg(all(feature = "testing", feature = "tokio-runtime"))]
+/// Registers a test for [`testing::main`]; what `tokio::test` and `async_std::test` expand to
+/// besides the `#[test]` function. A no-op without the `testing` feature.
+#[cfg(all(
+    feature = "testing",
+    any(feature = "tokio-runtime", feature = "async-std-runtime")
+))]
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __register_test {
-    (name: $name:expr, test_fn: $test_fn:path, ignore: $ignore:expr, should_panic: $should_panic:expr $(,)?) => {
+    (name: $name:expr, test_fn: $test_fn:path, ignore: $ignore:expr, should_panic: $should_panic:expr, runner: $runner:expr $(,)?) => {
         $crate::inventory::submit! {
             $crate::testing::Registered {
                 test: $crate::testing::Test { name: $name, test_fn: &$test_fn },
                 ignore: $ignore,
                 should_panic: $should_panic,
+                runner: $runner,
             }
         }
     };
 }
 
 /// Registers a test for `testing::main`: without the `testing` feature, nothing to do.
-#[cfg(not(all(feature = "testing", feature = "tokio-runtime")))]
+#[cfg(not(all(
+    feature = "testing",
+    any(feature = "tokio-runtime", feature = "async-std-runtime")
+)))]
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __register_test {

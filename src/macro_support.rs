@@ -1,16 +1,25 @@
-//! What the expansions of `#[tokio::main]` and `#[tokio::test]` call (`macros/`). Hidden, not
-//! part of the stable API: the attributes stay thin and the behaviour lives (and is tested)
-//! here.
+//! What the expansions of the `main` and `test` attributes call (`macros/`), for tokio and
+//! async-std alike. Hidden, not part of the stable API: the attributes stay thin and the
+//! behaviour lives (and is tested) here.
 //!
-//! Rules: T1 (`main`), T2 (a test on a fresh event loop), T3 (the test shapes) in `SPEC.md`.
+//! Rules: T1 (`main`), T2 (a test on a fresh event loop), T3 (the test shapes) in `SPEC.md`, and
+//! R8 for async-std. Each expansion names its runtime ([`AttrRuntime`]); everything else is the
+//! same code for both.
 
-use crate::tokio::{Builder, JoinHandle};
+use crate::generic::{ContextExt, JoinError, Runtime};
 use pyo3::prelude::*;
 use std::future::Future;
 use std::pin::Pin;
 
 /// The future a test function becomes: the shape of the peer's `testing::Test::test_fn`.
 pub type TestFuture = Pin<Box<dyn Future<Output = PyResult<()>> + Send>>;
+
+/// Makes a test's future, called inside the run of its fresh loop.
+pub type StartTest = Box<dyn FnOnce() -> TestFuture + Send>;
+
+/// Runs a test on a fresh event loop in the calling thread: [`run_on_fresh_loop`] for one
+/// runtime, as a registered test carries it for `testing::main()`.
+pub type Runner = fn(StartTest) -> Result<(), Failure>;
 
 /// What a `#[main]` or `#[test]` function may return: `()` or `PyResult<()>`.
 pub trait Outcome {
@@ -30,11 +39,30 @@ impl Outcome for PyResult<()> {
     }
 }
 
-/// `#[main]` (T1): initialises Python, hands `builder` to [`crate::tokio::init`] and runs `fut`
-/// to completion with [`crate::tokio::run`] on a fresh event loop. An error is printed as
-/// Python prints an uncaught exception (traceback, `sys.last_*` set) and the process exits with
-/// status 1.
-pub fn main<F, R>(mut builder: Builder, fut: F)
+/// A runtime the attributes run on: its module's `run` (by default [`generic::run`]; tokio's
+/// own `run` also gives the main future its cancellation token).
+///
+/// [`generic::run`]: crate::generic::run
+pub trait AttrRuntime: ContextExt + Sized {
+    /// Runs `fut` as the main future of a new event loop, closed afterwards (R2).
+    fn run_main(py: Python<'_>, fut: TestFuture) -> PyResult<()> {
+        crate::generic::run::<Self, _, _>(py, fut)
+    }
+}
+
+#[cfg(feature = "tokio-runtime")]
+impl AttrRuntime for crate::tokio::TokioRuntime {
+    fn run_main(py: Python<'_>, fut: TestFuture) -> PyResult<()> {
+        crate::tokio::run(py, fut)
+    }
+}
+
+#[cfg(feature = "async-std-runtime")]
+impl AttrRuntime for crate::async_std::AsyncStdRuntime {}
+
+/// `#[tokio::main]` (T1): hands `builder` to [`crate::tokio::init`], then as [`main_on`].
+#[cfg(feature = "tokio-runtime")]
+pub fn main<F, R>(mut builder: crate::tokio::Builder, fut: F)
 where
     F: Future<Output = R> + Send + 'static,
     R: Outcome,
@@ -42,10 +70,22 @@ where
     builder
         .enable_all()
         .on_thread_start(crate::attach::mark_runtime_thread);
-    Python::initialize();
     crate::tokio::init(builder);
+    main_on::<crate::tokio::TokioRuntime, F, R>(fut);
+}
+
+/// `#[main]` (T1, R8): initialises Python and runs `fut` to completion on a fresh event loop with
+/// `Rt`'s `run`. An error is printed as Python prints an uncaught exception (traceback,
+/// `sys.last_*` set) and the process exits with status 1.
+pub fn main_on<Rt, F, R>(fut: F)
+where
+    Rt: AttrRuntime,
+    F: Future<Output = R> + Send + 'static,
+    R: Outcome,
+{
+    Python::initialize();
     let failed = Python::attach(|py| {
-        crate::tokio::run(py, async move { fut.await.into_result() })
+        Rt::run_main(py, Box::pin(async move { fut.await.into_result() }))
             .map_err(|e| e.print_and_set_sys_last_vars(py))
             .is_err()
     });
@@ -57,15 +97,15 @@ where
 /// `#[test]` under cargo's harness or `cargo nextest` (T2): runs the test on a fresh event loop
 /// in the calling thread and panics with the error's description when it fails, so libtest
 /// reports it (and `#[should_panic(expected = ...)]` matches the message).
-pub fn run_test(make: fn() -> TestFuture) {
-    if let Err(failure) = run_on_fresh_loop(make) {
+pub fn run_test<Rt: AttrRuntime>(make: fn() -> TestFuture) {
+    if let Err(failure) = run_on_fresh_loop::<Rt>(Box::new(make)) {
         panic!("{failure}");
     }
 }
 
 /// How a test failed.
 #[derive(Debug)]
-pub(crate) struct Failure {
+pub struct Failure {
     /// The test panicked (its error is a [`RustPanic`](crate::RustPanic)).
     #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub(crate) panicked: bool,
@@ -79,15 +119,13 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// Runs the test `make` builds on a fresh event loop in the calling thread ([`crate::tokio::run`]
-/// creates the loop and closes it afterwards). `make` is called inside the run, so a test
-/// function sees that loop as its current loop.
-pub(crate) fn run_on_fresh_loop(
-    make: impl FnOnce() -> TestFuture + Send + 'static,
-) -> Result<(), Failure> {
+/// Runs the test `make` builds on a fresh event loop in the calling thread (`Rt`'s `run` creates
+/// the loop and closes it afterwards). `make` is called inside the run, so a test function sees
+/// that loop as its current loop.
+pub fn run_on_fresh_loop<Rt: AttrRuntime>(make: StartTest) -> Result<(), Failure> {
     Python::initialize();
     Python::attach(|py| {
-        crate::tokio::run(py, async move { make().await }).map_err(|e| Failure {
+        Rt::run_main(py, Box::pin(async move { make().await })).map_err(|e| Failure {
             panicked: e.is_instance_of::<crate::RustPanic>(py),
             text: describe(py, &e),
         })
@@ -113,47 +151,60 @@ where
     Box::pin(async move { fut.await.into_result() })
 }
 
-/// A sync test (T3): runs on a blocking thread of the runtime, so it may block.
-pub fn blocking_test<F, R>(f: F) -> TestFuture
+/// A sync test (T3): runs on a blocking thread of `Rt`, so it may block.
+pub fn blocking_test<Rt, F, R>(f: F) -> TestFuture
 where
+    Rt: AttrRuntime,
     F: FnOnce() -> R + Send + 'static,
     R: Outcome + 'static,
 {
-    Box::pin(joined(::tokio::task::spawn_blocking(move || {
-        f().into_result()
-    })))
+    Box::pin(on_blocking_thread::<Rt>(move || f().into_result()))
 }
 
 /// A sync test that takes `event_loop: Py<PyAny>` (T3): the same, given the test's loop.
-pub fn blocking_test_with_loop<F, R>(f: F) -> TestFuture
+pub fn blocking_test_with_loop<Rt, F, R>(f: F) -> TestFuture
 where
+    Rt: AttrRuntime,
     F: FnOnce(Py<PyAny>) -> R + Send + 'static,
     R: Outcome + 'static,
 {
     Box::pin(async move {
-        let locals = crate::tokio::current_task_locals().ok_or_else(|| {
+        let locals = Rt::get_task_locals().ok_or_else(|| {
             pyo3::exceptions::PyRuntimeError::new_err(
                 "a test future runs inside its event loop's scope",
             )
         })?;
-        joined(::tokio::task::spawn_blocking(move || {
+        on_blocking_thread::<Rt>(move || {
             // The test's own thread (a blocking one, where the test body attaches as it
             // likes): the loop reference is taken here, not on a worker thread (A1).
             let event_loop = Python::attach(|py| locals.event_loop(py).unbind());
             f(event_loop).into_result()
-        }))
+        })
         .await
     })
 }
 
-/// The result of a blocking test; its panic is resumed here, so the bridge reports it as for
-/// any crossing (`RustPanic` with the message, C2).
-async fn joined(handle: JoinHandle<PyResult<()>>) -> PyResult<()> {
-    match handle.await {
-        Ok(result) => result,
+/// Runs `f` on a blocking thread of `Rt` and returns its result; its panic is resumed here, so
+/// the bridge reports it as for any crossing (`RustPanic` with the message, C2).
+async fn on_blocking_thread<Rt: Runtime>(
+    f: impl FnOnce() -> PyResult<()> + Send + 'static,
+) -> PyResult<()> {
+    // The blocking thread sends the result before its task ends, so once the handle is done
+    // with `Ok` the result is in the channel.
+    let (tx, rx) = futures::channel::oneshot::channel();
+    let ended = Rt::spawn_blocking(move || {
+        let _ = tx.send(f());
+    })
+    .await;
+    match ended {
+        Ok(()) => rx.await.unwrap_or_else(|_| {
+            Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "the test's blocking task ended without a result",
+            ))
+        }),
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
-            "the test's blocking task did not finish: {e}"
-        ))),
+        Err(_) => Err(pyo3::exceptions::PyRuntimeError::new_err(
+            "the test's blocking task did not finish",
+        )),
     }
 }

@@ -135,12 +135,6 @@ impl CancelScope {
     }
 }
 
-/// The current task's locals, if it runs inside a [`scope`]: readable without the interpreter.
-#[cfg(any(feature = "attributes", feature = "testing"))]
-pub(crate) fn current_task_locals() -> Option<TaskLocals> {
-    TASK_LOCALS.try_with(TaskLocals::clone).ok()
-}
-
 /// Runs `fut` with `locals` as the current [`TaskLocals`] (C1). The inner future is also
 /// dropped inside the scope, so its destructors see the same locals.
 pub fn scope<F, R>(locals: TaskLocals, fut: F) -> impl Future<Output = R> + Send

@@ -1,103 +1,31 @@
 //! The `generic` module: every crossing on a runtime that is not tokio, here `Mini`, a small
 //! executor written for these tests (`generic/executor.rs`), and on `TokioRuntime` through the
-//! same traits. Values, errors and panics cross (C2); contextvars reach Python and stay apart
-//! between concurrent crossings (C1, C8); Python cancelling drops the Rust future on the
-//! executor, inside its scope (C3); dropping a `PyFuture` cancels the Python task (C4); `run`
-//! and `run_until_complete` (R2); `!Send` futures on the executor's local thread (R6).
+//! same traits. The crossings every runtime must carry are in `generic/suite.rs`: values, errors
+//! and panics cross (C2); contextvars reach Python and stay apart between concurrent crossings
+//! (C1, C8); Python cancelling drops the Rust future on the executor, inside its scope (C3);
+//! dropping a `PyFuture` cancels the Python task (C4); `run` and `run_until_complete` (R2).
+//! Here: those on `Mini`, and `!Send` futures on the executor's local thread (R6).
 
 mod common;
 #[path = "generic/executor.rs"]
 mod executor;
+#[path = "generic/suite.rs"]
+mod suite;
 
-use common::{fail, gather, in_running_loop, load_module, locals_for, run_bounded, with_loop};
+use common::{locals_for, run_bounded, with_loop};
 use executor::{LocalThread, Mini, LOCAL, POLLS, WORKER};
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
-use pyo3::types::PyModule;
 use pyo3_async_bridge::generic::{self, ContextExt};
 use pyo3_async_bridge::tokio::TokioRuntime;
-use pyo3_async_bridge::RustPanic;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
-
-const HELPERS: &std::ffi::CStr = cr#"
-import asyncio, contextvars
-
-VAR = contextvars.ContextVar("VAR", default="unset")
-EVENTS = []
-
-async def read_var():
-    await asyncio.sleep(0)
-    return VAR.get()
-
-async def with_var(value, make):
-    VAR.set(value)
-    return await make()
-
-SIGNALS = {}
-
-def signal(name):
-    return SIGNALS.setdefault(name, asyncio.Event())
-
-async def forever(tag):
-    signal(tag + " started").set()
-    try:
-        await asyncio.sleep(3600)
-    except asyncio.CancelledError:
-        EVENTS.append(f"{tag} cancelled")
-        signal(tag + " cancelled").set()
-        raise
-
-async def wait_for_signal(name):
-    await signal(name).wait()
-
-async def cancel_soon(fut):
-    await asyncio.sleep(0)
-    fut.cancel("stop")
-    try:
-        await fut
-    except asyncio.CancelledError as e:
-        return e.args
-    raise AssertionError("the crossing was not cancelled")
-"#;
-
-static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
-
-fn helpers(py: Python<'_>) -> Bound<'_, PyModule> {
-    load_module(py, &MODULE, HELPERS, c"bridge_test_generic")
-}
-
-fn thread_name() -> String {
-    std::thread::current().name().unwrap_or_default().to_owned()
-}
+use suite::thread_name;
 
 #[test]
 fn g_c2_values_errors_and_panics_cross_on_the_executor() {
     let polls = POLLS.load(Ordering::Relaxed);
-    let results: Vec<String> = with_loop(|py, event_loop| {
-        let locals = locals_for(event_loop)?;
-        let value = generic::future_into_py_with_locals::<Mini, _, _>(py, locals.clone(), async {
-            Ok((7, thread_name()))
-        })?;
-        let error =
-            generic::future_into_py_with_locals::<Mini, _, ()>(py, locals.clone(), async {
-                Err(PyValueError::new_err("bad"))
-            })?;
-        let panic = generic::future_into_py_with_locals::<Mini, _, ()>(py, locals, async {
-            panic!("boom")
-        })?;
-        let (v, thread): (i64, String) = run_bounded(event_loop, &value)?.extract()?;
-        assert_eq!((v, thread.as_str()), (7, WORKER));
-        let e = run_bounded(event_loop, &error).unwrap_err();
-        assert!(e.is_instance_of::<PyValueError>(py), "{e}");
-        let p = run_bounded(event_loop, &panic).unwrap_err();
-        assert!(p.is_instance_of::<RustPanic>(py), "{p}");
-        Ok(vec![e.to_string(), p.to_string()])
-    });
-    assert_eq!(results[0], "ValueError: bad");
-    assert!(results[1].contains("boom"), "{}", results[1]);
+    suite::c2_values_errors_and_panics_cross::<Mini>(WORKER);
     assert!(
         POLLS.load(Ordering::Relaxed) >= polls + 3,
         "the crossings ran on Mini"
@@ -106,152 +34,27 @@ fn g_c2_values_errors_and_panics_cross_on_the_executor() {
 
 #[test]
 fn g_c1_c8_contextvars_reach_python_and_stay_apart() {
-    const N: usize = 200;
-    let seen: Vec<(String, String, bool)> = with_loop(|py, event_loop| {
-        let mut crossings = Vec::new();
-        for i in 0..N {
-            // Python sets VAR, then calls Rust (as a #[pyfunction] would), whose future awaits a
-            // coroutine reading VAR: each crossing must see its own value.
-            let make = pyo3::types::PyCFunction::new_closure(py, None, None, |args, _| {
-                let py = args.py();
-                generic::future_into_py::<Mini, _, _>(py, async {
-                    let in_scope = Mini::get_task_locals().is_some();
-                    let read = Python::attach(|py| {
-                        let coro = helpers(py).call_method0("read_var")?;
-                        generic::into_future::<Mini>(coro)
-                    })?;
-                    let obj = read.await?;
-                    let value: String = Python::attach(move |py| obj.extract(py))?;
-                    Ok((value, thread_name(), in_scope))
-                })
-                .map(Bound::unbind)
-            })?;
-            crossings.push(helpers(py).call_method1("with_var", (format!("v{i}"), make))?);
-        }
-        gather(event_loop, crossings)?
-            .into_iter()
-            .map(|r| r.extract())
-            .collect()
-    });
-    for (i, (value, thread, in_scope)) in seen.iter().enumerate() {
-        assert_eq!(value, &format!("v{i}"));
-        assert_eq!(thread, WORKER);
-        assert!(in_scope, "crossing {i}: no task locals inside the future");
-    }
-}
-
-/// Reports, from the drop of the Rust future: thread, whether the task locals were set.
-struct DropProbe(Option<mpsc::Sender<(String, bool)>>);
-
-impl Drop for DropProbe {
-    fn drop(&mut self) {
-        if let Some(tx) = self.0.take() {
-            let _ = tx.send((thread_name(), Mini::get_task_locals().is_some()));
-        }
-    }
+    suite::c1_c8_contextvars_reach_python_and_stay_apart::<Mini>(WORKER);
 }
 
 #[test]
 fn g_c3_python_cancel_drops_the_rust_future_on_the_executor_inside_its_scope() {
-    let (tx, rx) = mpsc::channel();
-    let args: Vec<String> = with_loop(|py, event_loop| {
-        let probe = DropProbe(Some(tx));
-        let crossing = generic::future_into_py_with_locals::<Mini, _, ()>(
-            py,
-            locals_for(event_loop)?,
-            async move {
-                let _probe = probe;
-                std::future::pending::<()>().await;
-                Ok(())
-            },
-        )?;
-        let cancelled = helpers(py).call_method1("cancel_soon", (crossing,))?;
-        run_bounded(event_loop, &cancelled)?.extract()
-    });
-    assert_eq!(args, vec!["stop".to_owned()]);
-    let (thread, in_scope) = rx
-        .recv_timeout(common::SIGNAL_TIMEOUT)
-        .expect("the Rust future was dropped");
-    assert_eq!(thread, WORKER);
-    assert!(in_scope, "dropped outside the crossing's scope");
+    suite::c3_python_cancel_drops_the_rust_future_inside_its_scope::<Mini>(WORKER);
 }
 
 #[test]
 fn g_c4_dropping_the_py_future_cancels_the_python_task() {
-    let events: Vec<String> = with_loop(|py, event_loop| {
-        let crossing = generic::future_into_py_with_locals::<Mini, _, ()>(
-            py,
-            locals_for(event_loop)?,
-            async {
-                let fut = Python::attach(|py| {
-                    let coro = helpers(py).call_method1("forever", ("c4",))?;
-                    generic::into_future::<Mini>(coro)
-                })?;
-                let mut fut = Box::pin(fut);
-                assert!(futures::poll!(fut.as_mut()).is_pending());
-                // Dropped once the Python task runs (before, C4 closes the coroutine instead).
-                let started = Python::attach(|py| {
-                    let coro = helpers(py).call_method1("wait_for_signal", ("c4 started",))?;
-                    generic::into_future::<Mini>(coro)
-                })?;
-                let none = started.await?;
-                Python::attach(move |_| drop((none, fut)));
-                Ok(())
-            },
-        )?;
-        run_bounded(event_loop, &crossing)?;
-        let cancelled = helpers(py).call_method1("wait_for_signal", ("c4 cancelled",))?;
-        run_bounded(event_loop, &cancelled)?;
-        helpers(py).getattr("EVENTS")?.extract()
-    });
-    assert!(events.contains(&"c4 cancelled".to_owned()), "{events:?}");
+    suite::c4_dropping_the_py_future_cancels_the_python_task::<Mini>();
 }
 
 #[test]
 fn g_r2_run_and_run_until_complete() {
-    Python::attach(|py| {
-        let got = generic::run::<Mini, _, _>(py, async {
-            let in_scope = Mini::get_task_locals().is_some();
-            let fut = Python::attach(|py| {
-                let sleep = py.import("asyncio")?.call_method1("sleep", (0, "done"))?;
-                generic::into_future::<Mini>(sleep)
-            })?;
-            let value = fut.await?;
-            let value: String = Python::attach(move |py| value.extract(py))?;
-            Ok((value, in_scope))
-        })
-        .unwrap_or_else(|e| fail(py, e));
-        assert_eq!(got, ("done".to_owned(), true));
-
-        let event_loop = common::new_loop(py);
-        let n = generic::run_until_complete::<Mini, _, _>(&event_loop, async { Ok(5) })
-            .unwrap_or_else(|e| fail(py, e));
-        assert_eq!(n, 5);
-        let failed = generic::run_until_complete::<Mini, _, ()>(&event_loop, async {
-            Err(PyValueError::new_err("nope"))
-        })
-        .unwrap_err();
-        assert!(failed.is_instance_of::<PyValueError>(py), "{failed}");
-        let problems = common::close_loop(&event_loop);
-        assert!(problems.is_empty(), "{problems:#?}");
-    });
+    suite::r2_run_and_run_until_complete::<Mini>();
 }
 
 #[test]
 fn g_r2_run_inside_a_running_loop_is_refused() {
-    let err: String = with_loop(|_py, event_loop| {
-        let refused = in_running_loop(event_loop, |py| {
-            match generic::run::<Mini, _, ()>(py, async { Ok(()) }) {
-                Ok(()) => Ok(py.None().into_bound(py)),
-                Err(e) if e.is_instance_of::<PyRuntimeError>(py) => {
-                    Ok(e.to_string().into_pyobject(py)?.into_any())
-                }
-                Err(e) => Err(e),
-            }
-        })?;
-        refused.extract()
-    });
-    assert!(err.starts_with("RuntimeError"), "{err}");
+    suite::r2_run_inside_a_running_loop_is_refused::<Mini>();
 }
 
 #[test]

@@ -1,19 +1,48 @@
 //! `#[main]`: an `async fn main` run on a fresh event loop.
 
 use crate::options::{parse_main, Flavor};
+use crate::runtime::Runtime;
 use proc_macro2::TokenStream;
 use quote::quote;
 use syn::ItemFn;
 
-/// Expands `#[main(args)] async fn name() -> R { body }` into a sync `fn name()` that builds
-/// the runtime builder the options ask for and hands it, with the body's future, to
-/// `__macro_support::main` (which initialises Python, calls `tokio::init` and `tokio::run`).
+/// Expands `#[main(args)] async fn name() -> R { body }` into a sync `fn name()` that hands the
+/// body's future to `__macro_support`: for tokio, with the runtime builder the options ask for
+/// (`main`, which calls `tokio::init` and `tokio::run`); for async-std, which takes no options,
+/// to `main_on` with the runtime's type.
 pub(crate) fn expand(
     args: TokenStream,
     item: TokenStream,
     krate: &TokenStream,
+    runtime: Runtime,
 ) -> syn::Result<TokenStream> {
-    let options = parse_main(args)?;
+    let start =
+        match runtime {
+            Runtime::Tokio => {
+                let options = parse_main(args)?;
+                let builder = match options.flavor {
+                    Flavor::MultiThread => quote!(#krate::tokio::Builder::new_multi_thread()),
+                    Flavor::CurrentThread => quote!(#krate::tokio::Builder::new_current_thread()),
+                };
+                let workers = options
+                    .worker_threads
+                    .map(|n| quote!(builder.worker_threads(#n);));
+                quote!(
+                    let mut builder = #builder;
+                    #workers
+                    #krate::__macro_support::main(builder, main_future)
+                )
+            }
+            Runtime::AsyncStd if !args.is_empty() => return Err(syn::Error::new_spanned(
+                args,
+                "`#[async_std::main]` takes no options (async-std's executor is configured with \
+                 its environment variables, such as `ASYNC_STD_THREAD_COUNT`)",
+            )),
+            Runtime::AsyncStd => {
+                let rt = runtime.type_path(krate);
+                quote!(#krate::__macro_support::main_on::<#rt, _, _>(main_future))
+            }
+        };
     let func: ItemFn = syn::parse2(item)?;
     check(&func)?;
     let ItemFn {
@@ -24,20 +53,12 @@ pub(crate) fn expand(
     } = func;
     let name = &sig.ident;
     let output = &sig.output;
-    let builder = match options.flavor {
-        Flavor::MultiThread => quote!(#krate::tokio::Builder::new_multi_thread()),
-        Flavor::CurrentThread => quote!(#krate::tokio::Builder::new_current_thread()),
-    };
-    let workers = options
-        .worker_threads
-        .map(|n| quote!(builder.worker_threads(#n);));
     Ok(quote! {
         #(#attrs)*
         #vis fn #name() {
             async fn #name() #output #block
-            let mut builder = #builder;
-            #workers
-            #krate::__macro_support::main(builder, #name())
+            let main_future = #name();
+            #start
         }
     })
 }
@@ -71,7 +92,7 @@ mod tests {
     use super::*;
 
     fn expand_str(args: TokenStream, item: TokenStream) -> Result<String, String> {
-        expand(args, item, &quote!(::renamed))
+        expand(args, item, &quote!(::renamed), Runtime::Tokio)
             .map(|t| t.to_string())
             .map_err(|e| e.to_string())
     }
@@ -93,7 +114,7 @@ mod tests {
         );
         assert!(out.contains("builder . worker_threads (2usize)"), "{out}");
         assert!(
-            out.contains(":: renamed :: __macro_support :: main (builder , main ())"),
+            out.contains(":: renamed :: __macro_support :: main (builder , main_future)"),
             "{out}"
         );
         assert!(
@@ -146,5 +167,47 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("unknown flavor"), "{e}");
+    }
+
+    #[test]
+    fn async_std_main_runs_on_the_async_std_runtime_and_takes_no_options() {
+        let expand_std = |args, item| {
+            expand(args, item, &quote!(::renamed), Runtime::AsyncStd)
+                .map(|t| t.to_string())
+                .map_err(|e| e.to_string())
+        };
+        let out = expand_std(
+            quote!(),
+            quote!(
+                async fn main() -> pyo3::PyResult<()> {
+                    Ok(())
+                }
+            ),
+        )
+        .unwrap();
+        assert!(
+            out.contains(
+                ":: renamed :: __macro_support :: main_on :: < :: renamed :: async_std :: \
+                 AsyncStdRuntime , _ , _ > (main_future)"
+            ),
+            "{out}"
+        );
+        assert!(!out.contains("tokio"), "{out}");
+        let e = expand_std(
+            quote!(flavor = "current_thread"),
+            quote!(
+                async fn main() {}
+            ),
+        )
+        .unwrap_err();
+        assert!(e.contains("`#[async_std::main]` takes no options"), "{e}");
+        let e = expand_std(
+            quote!(),
+            quote!(
+                fn main() {}
+            ),
+        )
+        .unwrap_err();
+        assert!(e.contains("needs an `async fn`"), "{e}");
     }
 }

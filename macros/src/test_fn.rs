@@ -1,6 +1,7 @@
 //! `#[test]`: a plain libtest `#[test]` that runs the body on a fresh event loop, plus a
 //! registration for the bridge's `testing::main()` harness (`harness = false` binaries).
 
+use crate::runtime::Runtime;
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 use syn::{Attribute, FnArg, ItemFn, Lit, Meta};
@@ -37,16 +38,24 @@ pub(crate) fn expand(
     args: TokenStream,
     item: TokenStream,
     krate: &TokenStream,
+    runtime: Runtime,
 ) -> syn::Result<TokenStream> {
     if !args.is_empty() {
+        let how = match runtime {
+            Runtime::Tokio => "configure the runtime with `tokio::init` in a `#[main]`",
+            Runtime::AsyncStd => "async-std is configured with its environment variables",
+        };
         return Err(syn::Error::new_spanned(
             args,
-            "`#[test]` takes no options: every test runs on the bridge's one runtime, on a \
-             fresh event loop (configure the runtime with `tokio::init` in a `#[main]`)",
+            format!(
+                "`#[test]` takes no options: every test runs on the bridge's one runtime, on a \
+                 fresh event loop ({how})"
+            ),
         ));
     }
     let func: ItemFn = syn::parse2(item)?;
-    let kind = classify(&func)?;
+    let kind = classify(&func, runtime)?;
+    let rt = runtime.type_path(krate);
     let attrs = split_attrs(&func.attrs)?;
     let ItemFn {
         vis, sig, block, ..
@@ -56,8 +65,8 @@ pub(crate) fn expand(
     let support = quote!(#krate::__macro_support);
     let make = match kind {
         Kind::Async => quote!(#support::async_test(#name())),
-        Kind::Blocking => quote!(#support::blocking_test(#name)),
-        Kind::BlockingWithLoop => quote!(#support::blocking_test_with_loop(#name)),
+        Kind::Blocking => quote!(#support::blocking_test::<#rt, _, _>(#name)),
+        Kind::BlockingWithLoop => quote!(#support::blocking_test_with_loop::<#rt, _, _>(#name)),
     };
     let Attrs {
         cfg,
@@ -75,7 +84,7 @@ pub(crate) fn expand(
         #(#libtest)*
         #[::core::prelude::v1::test]
         #vis fn #name() {
-            #support::run_test(#helper)
+            #support::run_test::<#rt>(#helper)
         }
 
         #(#cfg)*
@@ -93,12 +102,13 @@ pub(crate) fn expand(
             test_fn: #helper,
             ignore: #ignore,
             should_panic: #should_panic,
+            runner: #support::run_on_fresh_loop::<#rt>,
         }
     })
 }
 
 /// Which of the accepted shapes the function has; a clear error for any other.
-fn classify(func: &ItemFn) -> syn::Result<Kind> {
+fn classify(func: &ItemFn, runtime: Runtime) -> syn::Result<Kind> {
     let sig = &func.sig;
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
         return Err(syn::Error::new_spanned(
@@ -116,8 +126,11 @@ fn classify(func: &ItemFn) -> syn::Result<Kind> {
         (true, 0) => Ok(Kind::Async),
         (true, _) => Err(syn::Error::new_spanned(
             &sig.inputs,
-            "an async test takes no arguments (inside it, `tokio::get_current_loop(py)` is the \
-             test's event loop); only a sync test may take `event_loop: Py<PyAny>`",
+            format!(
+                "an async test takes no arguments (inside it, `{}::get_current_loop(py)` is the \
+                 test's event loop); only a sync test may take `event_loop: Py<PyAny>`",
+                runtime.module()
+            ),
         )),
         (false, 0) => Ok(Kind::Blocking),
         (false, 1) => Ok(Kind::BlockingWithLoop),
@@ -190,7 +203,7 @@ mod tests {
     }
 
     fn expand_str(args: TokenStream, tokens: TokenStream) -> Result<String, String> {
-        expand(args, tokens, &quote!(::renamed))
+        expand(args, tokens, &quote!(::renamed), Runtime::Tokio)
             .map(|t| t.to_string())
             .map_err(|e| e.to_string())
     }
@@ -198,23 +211,32 @@ mod tests {
     #[test]
     fn classifies_the_three_accepted_shapes() {
         assert_eq!(
-            classify(&item(quote!(
-                async fn t() {}
-            )))
+            classify(
+                &item(quote!(
+                    async fn t() {}
+                )),
+                Runtime::Tokio
+            )
             .unwrap(),
             Kind::Async
         );
         assert_eq!(
-            classify(&item(quote!(
-                fn t() {}
-            )))
+            classify(
+                &item(quote!(
+                    fn t() {}
+                )),
+                Runtime::Tokio
+            )
             .unwrap(),
             Kind::Blocking
         );
         assert_eq!(
-            classify(&item(quote!(
-                fn t(event_loop: Py<PyAny>) {}
-            )))
+            classify(
+                &item(quote!(
+                    fn t(event_loop: Py<PyAny>) {}
+                )),
+                Runtime::Tokio
+            )
             .unwrap(),
             Kind::BlockingWithLoop
         );
@@ -222,7 +244,7 @@ mod tests {
 
     #[test]
     fn rejects_other_shapes_with_a_clear_message() {
-        let e = |t| classify(&item(t)).unwrap_err().to_string();
+        let e = |t| classify(&item(t), Runtime::Tokio).unwrap_err().to_string();
         assert!(e(quote!(
             async fn t(event_loop: Py<PyAny>) {}
         ))
@@ -330,11 +352,17 @@ mod tests {
             "{out}"
         );
         assert!(
-            out.contains(":: renamed :: __macro_support :: run_test (__pyo3_async_bridge_test_t)"),
+            out.contains(
+                ":: renamed :: __macro_support :: run_test :: < :: renamed :: tokio :: \
+                 TokioRuntime > (__pyo3_async_bridge_test_t)"
+            ),
             "{out}"
         );
         assert!(
-            out.contains(":: renamed :: __macro_support :: blocking_test_with_loop (t)"),
+            out.contains(
+                ":: renamed :: __macro_support :: blocking_test_with_loop :: < :: renamed :: \
+                 tokio :: TokioRuntime , _ , _ > (t)"
+            ),
             "{out}"
         );
         assert!(out.contains(":: renamed :: __register_test !"), "{out}");
@@ -343,5 +371,37 @@ mod tests {
             !out.contains("pyo3_async_bridge ::"),
             "the crate name is never hard-coded: {out}"
         );
+    }
+
+    #[test]
+    fn async_std_tests_run_and_register_on_the_async_std_runtime() {
+        let out = expand(
+            quote!(),
+            quote!(
+                fn t() {}
+            ),
+            &quote!(::renamed),
+            Runtime::AsyncStd,
+        )
+        .unwrap()
+        .to_string();
+        let rt = ":: renamed :: async_std :: AsyncStdRuntime";
+        for call in [
+            format!("run_test :: < {rt} > (__pyo3_async_bridge_test_t)"),
+            format!("blocking_test :: < {rt} , _ , _ > (t)"),
+            format!("runner : :: renamed :: __macro_support :: run_on_fresh_loop :: < {rt} >"),
+        ] {
+            assert!(out.contains(&call), "{call} in {out}");
+        }
+        assert!(!out.contains("tokio"), "{out}");
+        let e = classify(
+            &item(quote!(
+                async fn t(event_loop: Py<PyAny>) {}
+            )),
+            Runtime::AsyncStd,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`async_std::get_current_loop(py)`"), "{e}");
     }
 }

@@ -1,6 +1,6 @@
 //! The harness for `harness = false` test binaries: [`main`] runs every test marked with
-//! [`#[tokio::test]`](crate::tokio::test), as `pyo3-async-runtimes`' `testing::main` does, so
-//! such binaries keep working after the rename.
+//! [`#[tokio::test]`](crate::tokio::test) or `#[async_std::test]`, as `pyo3-async-runtimes`'
+//! `testing::main` does, so such binaries keep working after the rename.
 //!
 //! You rarely need it: `#[tokio::test]` is a plain `#[test]` under cargo's standard harness and
 //! `cargo nextest`, each test on a fresh event loop. Keep a `harness = false` binary when you
@@ -41,7 +41,8 @@
 //!
 //! # Behaviour (SPEC rule T4)
 //! - Each test runs on a **fresh event loop in its own thread** (the loop [`main`] itself runs
-//!   on is never shared), with a **timeout** (`--timeout SECS`, the environment variable
+//!   on is never shared), on the runtime its attribute names (a [`Test`] submitted by hand, on
+//!   the runtime that runs [`main`]), with a **timeout** (`--timeout SECS`, the environment variable
 //!   [`TIMEOUT_ENV`], else 60 s): a test that runs longer fails and the run goes on.
 //! - It prints libtest's lines (`running N tests`, `test NAME ... ok`, `FAILED`, `ignored`), the
 //!   failures with their messages, and the `test result:` summary.
@@ -56,11 +57,12 @@ mod args;
 
 pub use args::{Args, DEFAULT_TIMEOUT, TIMEOUT_ENV};
 
-use crate::macro_support::{run_on_fresh_loop, TestFuture};
+use crate::macro_support::{run_on_fresh_loop, Failure, Runner, TestFuture};
 use args::{IgnoredMode, Parsed};
 use futures::StreamExt;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -87,13 +89,15 @@ impl Test {
 
 inventory::collect!(Test);
 
-/// What the attribute registers: the test, and its `#[ignore]` / `#[should_panic]`.
+/// What the attribute registers: the test, its `#[ignore]` / `#[should_panic]`, and how to run
+/// it on its runtime.
 #[doc(hidden)]
 pub struct Registered {
     pub test: Test,
     pub ignore: bool,
     /// `Some(expected)` for `#[should_panic]` (`Some("")` without `expected`).
     pub should_panic: Option<&'static str>,
+    pub runner: Runner,
 }
 
 inventory::collect!(Registered);
@@ -104,6 +108,7 @@ struct Case {
     test: Test,
     ignore: bool,
     should_panic: Option<&'static str>,
+    runner: Runner,
 }
 
 /// How one test ended.
@@ -135,12 +140,14 @@ pub fn parse_args() -> Args {
 /// `RuntimeError` when a test failed (after all ran), or when the timeout set through the
 /// environment is malformed.
 pub async fn test_harness(tests: Vec<Test>, args: Args) -> PyResult<()> {
+    let runner = default_runner();
     let cases = tests
         .into_iter()
         .map(|test| Case {
             test,
             ignore: false,
             should_panic: None,
+            runner,
         })
         .collect();
     harness(cases, args).await
@@ -157,11 +164,14 @@ pub async fn main() -> PyResult<()> {
         test: r.test.clone(),
         ignore: r.ignore,
         should_panic: r.should_panic,
+        runner: r.runner,
     });
+    let runner = default_runner();
     let submitted = inventory::iter::<Test>.into_iter().map(|t| Case {
         test: t.clone(),
         ignore: false,
         should_panic: None,
+        runner,
     });
     harness(registered.chain(submitted).collect(), args).await
 }
@@ -247,22 +257,86 @@ async fn harness(mut cases: Vec<Case>, args: Args) -> PyResult<()> {
     }
 }
 
+/// The runtime of a test submitted without one, when [`main`] runs on neither.
+#[cfg(feature = "tokio-runtime")]
+type Fallback = crate::tokio::TokioRuntime;
+#[cfg(not(feature = "tokio-runtime"))]
+type Fallback = crate::async_std::AsyncStdRuntime;
+
+/// How to run a [`Test`] that carries no runtime (submitted by hand, or given to
+/// [`test_harness`]): on the runtime the harness itself runs on, as the peer polls every test on
+/// main's runtime; else on tokio when it is enabled.
+fn default_runner() -> Runner {
+    #[cfg(feature = "async-std-runtime")]
+    {
+        use crate::generic::ContextExt;
+        if crate::async_std::AsyncStdRuntime::get_task_locals().is_some() {
+            return run_on_fresh_loop::<crate::async_std::AsyncStdRuntime>;
+        }
+    }
+    run_on_fresh_loop::<Fallback>
+}
+
 /// How long a timed-out test gets to stop after its future is cancelled (a blocking test
 /// cannot be stopped: its thread is left to finish on its own).
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// How one run of a test ended.
+enum CaseEnd {
+    Passed,
+    Failed(Failure),
+    /// It ran longer than the timeout.
+    TimedOut,
+    /// No result: its thread could not start, or ended without sending one (it died).
+    NoResult(String),
+}
+
 /// Runs one test on a fresh event loop in a thread of its own, bounded by `timeout`.
 async fn run_case(case: &Case, timeout: Duration) -> Verdict {
-    let (tx, mut rx) = ::tokio::sync::oneshot::channel();
+    let (tx, rx) = futures::channel::oneshot::channel();
+    let (test, runner) = (case.test.clone(), case.runner);
+    // The watchdog thread starts the test's thread and waits for it, at most `timeout`, with
+    // plain blocking calls: no timer of any runtime. The harness's task only awaits `rx`, which
+    // the watchdog always answers (dropped unsent only if the watchdog dies).
+    let watchdog = std::thread::Builder::new()
+        .name(format!("{} (watchdog)", case.test.name))
+        .spawn(move || {
+            let _ = tx.send(watch(test, runner, timeout));
+        });
+    let end = match watchdog {
+        Ok(_) => rx.await.unwrap_or_else(|_| {
+            CaseEnd::NoResult("the test's watchdog thread ended without a result".into())
+        }),
+        Err(e) => CaseEnd::NoResult(format!("could not start the test's watchdog thread: {e}")),
+    };
+    match (end, case.should_panic) {
+        (CaseEnd::Passed, None) => Verdict::Ok,
+        (CaseEnd::Passed, Some(_)) => Verdict::Failed("test did not panic as expected".into()),
+        (CaseEnd::Failed(f), None) => Verdict::Failed(f.text),
+        (CaseEnd::Failed(f), Some(expected)) if f.panicked && f.text.contains(expected) => {
+            Verdict::Ok
+        }
+        (CaseEnd::Failed(f), Some(expected)) => Verdict::Failed(format!(
+            "the test should have panicked with a message containing {expected:?}; it ended with:\n{}",
+            f.text
+        )),
+        (CaseEnd::TimedOut, _) => Verdict::Failed(format!("test timed out after {timeout:?}")),
+        (CaseEnd::NoResult(why), _) => Verdict::Failed(why),
+    }
+}
+
+/// The watchdog: runs `test` with `runner` in a thread of its own and waits for its result, at
+/// most `timeout`; then cancels its future and gives it [`STOP_GRACE`] to stop.
+fn watch(test: Test, runner: Runner, timeout: Duration) -> CaseEnd {
+    let (tx, rx) = mpsc::channel();
     let stop = CancellationToken::new();
-    let test = case.test.clone();
     let token = stop.clone();
     let thread = std::thread::Builder::new()
-        .name(case.test.name.to_string())
+        .name(test.name.to_string())
         .spawn(move || {
-            // This thread runs the test's own loop; the harness's loop only waits for `rx`
-            // (sent once, whatever the outcome; dropped unsent only if this thread dies).
-            let result = run_on_fresh_loop(move || {
+            // This thread runs the test's own loop; the watchdog only waits for `rx` (sent once,
+            // whatever the outcome; dropped unsent only if this thread dies).
+            let result = runner(Box::new(move || {
                 let fut = test.task();
                 Box::pin(async move {
                     token
@@ -272,29 +346,22 @@ async fn run_case(case: &Case, timeout: Duration) -> Verdict {
                             Err(PyRuntimeError::new_err("stopped by the harness's timeout"))
                         })
                 })
-            });
+            }));
             let _ = tx.send(result);
         });
     if let Err(e) = thread {
-        return Verdict::Failed(format!("could not start the test's thread: {e}"));
+        return CaseEnd::NoResult(format!("could not start the test's thread: {e}"));
     }
-    let result = match ::tokio::time::timeout(timeout, &mut rx).await {
-        Ok(received) => received,
-        Err(_) => {
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(())) => CaseEnd::Passed,
+        Ok(Err(failure)) => CaseEnd::Failed(failure),
+        Err(mpsc::RecvTimeoutError::Timeout) => {
             stop.cancel();
-            let _ = ::tokio::time::timeout(STOP_GRACE, rx).await;
-            return Verdict::Failed(format!("test timed out after {timeout:?}"));
+            let _ = rx.recv_timeout(STOP_GRACE);
+            CaseEnd::TimedOut
         }
-    };
-    match (result, case.should_panic) {
-        (Ok(Ok(())), None) => Verdict::Ok,
-        (Ok(Ok(())), Some(_)) => Verdict::Failed("test did not panic as expected".into()),
-        (Ok(Err(f)), None) => Verdict::Failed(f.text),
-        (Ok(Err(f)), Some(expected)) if f.panicked && f.text.contains(expected) => Verdict::Ok,
-        (Ok(Err(f)), Some(expected)) => Verdict::Failed(format!(
-            "the test should have panicked with a message containing {expected:?}; it ended with:\n{}",
-            f.text
-        )),
-        (Err(_), _) => Verdict::Failed("the test's thread ended without a result".into()),
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            CaseEnd::NoResult("the test's thread ended without a result".into())
+        }
     }
 }

@@ -19,12 +19,14 @@ use pyo3::exceptions::PyTimeoutError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyCFunction, PyModule};
+// The tokio crossings; a suite built without the tokio runtime (tests/async_std.rs with
+// `--no-default-features`) uses the rest.
+#[cfg(feature = "tokio-runtime")]
 use pyo3_async_bridge::tokio::{
     cancellation_reason, cancellation_token, future_into_py, future_into_py_with_locals,
 };
 use pyo3_async_bridge::TaskLocals;
 use std::ffi::CStr;
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::ThreadId;
@@ -195,9 +197,10 @@ pub fn locals_for(event_loop: &Bound<'_, PyAny>) -> PyResult<TaskLocals> {
 }
 
 /// A crossing on `event_loop` (Python awaits Rust) with [`locals_for`] as its locals.
+#[cfg(feature = "tokio-runtime")]
 pub fn crossing<'py, F, T>(event_loop: &Bound<'py, PyAny>, fut: F) -> PyResult<Bound<'py, PyAny>>
 where
-    F: Future<Output = PyResult<T>> + Send + 'static,
+    F: std::future::Future<Output = PyResult<T>> + Send + 'static,
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
     future_into_py_with_locals(event_loop.py(), locals_for(event_loop)?, fut)
@@ -414,8 +417,8 @@ impl Drop for DropGuard {
             name: std::mem::take(&mut self.name),
             thread_name: thread.name().map(str::to_owned),
             thread: thread.id(),
-            token_fired: cancellation_token().map(|t| t.is_cancelled()),
-            reason: cancellation_reason(),
+            token_fired: token_fired(),
+            reason: reason(),
             at: Instant::now(),
         };
         let inner = &self.drops.0;
@@ -424,6 +427,22 @@ impl Drop for DropGuard {
         reports.push(report);
         inner.changed.notify_all();
     }
+}
+
+/// Whether the current tokio crossing's token fired (`None` outside one).
+fn token_fired() -> Option<bool> {
+    #[cfg(feature = "tokio-runtime")]
+    return cancellation_token().map(|t| t.is_cancelled());
+    #[cfg(not(feature = "tokio-runtime"))]
+    None
+}
+
+/// The current tokio crossing's cancellation reason.
+fn reason() -> Option<String> {
+    #[cfg(feature = "tokio-runtime")]
+    return cancellation_reason();
+    #[cfg(not(feature = "tokio-runtime"))]
+    None
 }
 
 /// [`Drops`] as a Python object, so that Python code can hand it to Rust functions.
@@ -468,6 +487,7 @@ impl Signal {
 
     /// Loop thread: an awaitable that resolves once signalled, or raises `TimeoutError` after
     /// [`SIGNAL_TIMEOUT`].
+    #[cfg(feature = "tokio-runtime")]
     fn wait<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let notify = Arc::clone(&self.notify);
         future_into_py(py, async move { notified(&notify, "Signal.wait()").await })
