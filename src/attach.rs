@@ -22,9 +22,9 @@ pub(crate) fn mark_watchdog_thread() {
     WATCHDOG_THREAD.with(|c| c.set(true));
 }
 
-/// Marks the calling thread as a runtime thread (installed as `on_thread_start`).
-#[cfg(feature = "tokio-runtime")]
-pub(crate) fn mark_runtime_thread() {
+/// Marks the calling thread as a runtime thread (installed as `on_thread_start`; a test
+/// executor's threads call it through `debug`): the bridge's attaches there are counted apart.
+pub fn mark_runtime_thread() {
     RUNTIME_THREAD.with(|c| c.set(true));
 }
 

@@ -31,7 +31,7 @@ pub enum BridgeError {
     #[error("{0}")]
     Panic(String),
     /// The Rust future was dropped by its runtime before it produced an outcome.
-    #[error("the Rust future was dropped before it completed (was its tokio runtime shut down?)")]
+    #[error("the Rust future was dropped before it completed (was its runtime shut down?)")]
     Abandoned,
     /// The Python awaitable went away without completing (its loop closed or it was collected).
     #[error("the Python awaitable was dropped before it completed (was its event loop closed?)")]

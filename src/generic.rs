@@ -5,12 +5,20 @@
 //! ([`ContextExt`]) gets every crossing of the bridge: [`future_into_py`], [`into_future`],
 //! [`run`] and [`run_until_complete`]. One that can also spawn `!Send` futures on the current
 //! thread ([`SpawnLocalExt`], [`LocalContextExt`]) gets [`local_future_into_py`]. The crossings
-//! are the tokio module's: the same state machine, delivery queue and rules (C1–C9, L1–L3,
-//! R2–R3), so cancellation, `contextvars` and exit behave alike on every runtime.
+//! are the tokio module's: the same state machine, delivery queue and rules (C1–C9 in cancel
+//! mode `Drop`, L1–L3, R2–R3), so cancellation, `contextvars` and exit behave alike on every
+//! runtime; tokio's cancellation token and cooperative mode are not part of them (SPEC R7).
 //!
 //! The runtime's own threads never attach to the interpreter for the bridge (A1): an outcome
 //! goes home through the loop's delivery queue. `!Send` values are the exception, as with tokio
 //! (R6): they are converted on the thread of the local task, attached.
+//!
+//! # Invariants
+//! 1. A crossing's task is spawned before the crossing exists, and gets the crossing's Rust
+//!    side through a channel: a runtime that panics in `spawn` or `spawn_local` (tokio's
+//!    outside a `LocalSet`) panics before anything exists that would then fail unobserved.
+//! 2. Whatever way `R` ends that task (finished, dropped before or after it got the crossing),
+//!    the crossing's delivery is sent or dropped exactly once (C7).
 //!
 //! [`tokio::TokioRuntime`](crate::tokio::TokioRuntime) implements these traits for the bridge's
 //! tokio runtime, and `async_std::AsyncStdRuntime` (feature `async-std-runtime`) for async-std.
@@ -48,8 +56,12 @@
 //!         Self::spawn_blocking(move || futures::executor::block_on(fut))
 //!     }
 //!     fn spawn_blocking<F: FnOnce() + Send + 'static>(f: F) -> Self::JoinHandle {
-//!         let thread = std::thread::spawn(f);
-//!         Box::pin(async move { thread.join().map_err(Panicked) })
+//!         let (tx, rx) = futures::channel::oneshot::channel();
+//!         std::thread::spawn(move || {
+//!             let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+//!             let _ = tx.send(ended.map_err(Panicked));
+//!         });
+//!         Box::pin(async move { rx.await.unwrap_or(Ok(())) })
 //!     }
 //! }
 //!
@@ -83,6 +95,7 @@
 use crate::cancel::CancelMode;
 use crate::into_py::{drive, new_crossing, send_converted};
 use crate::{PyFuture, TaskLocals};
+use futures::channel::oneshot;
 use pyo3::prelude::*;
 use std::any::Any;
 use std::future::Future;
@@ -254,13 +267,26 @@ where
 {
     // L3: no new crossing once the interpreter exits; the frame is counted until it returns.
     let _entry = crate::exit::enter()?;
+    // First the task, then the crossing (invariant 1).
+    let (slot, waiting) = oneshot::channel::<Pin<Box<dyn Future<Output = ()> + Send>>>();
+    drop(R::spawn(run_when_sent(waiting)));
     let (py_fut, crossing) = new_crossing(py, &locals, CancelMode::Drop)?;
     let task = R::scope(locals, drive(crossing.shared, CancelMode::Drop, fut));
     let delivery = crossing.delivery;
-    // An `R` thread runs the task; if `R` drops it unfinished, `delivery`'s own drop sends
-    // `Abandoned` (C7). The handle is dropped: the task runs on.
-    drop(R::spawn(async move { delivery.send(task.await) }));
+    // Invariant 2: if `R` dropped the waiting task already, `send` hands this back and it is
+    // dropped here.
+    let _ = slot.send(Box::pin(async move { delivery.send(task.await) }));
     Ok(py_fut)
+}
+
+/// `R`'s thread: the task spawned for a crossing, before the crossing exists (invariant 1). It
+/// runs what it is sent; if the sender is dropped (making the crossing failed), it just ends.
+/// No lost wakeup: the channel wakes the receiver whether the send (or the sender's drop)
+/// happens before or after its first poll.
+async fn run_when_sent<Task: Future<Output = ()>>(waiting: oneshot::Receiver<Task>) {
+    if let Ok(task) = waiting.await {
+        task.await;
+    }
 }
 
 /// Converts a Rust future into an `asyncio.Future`, using [`get_current_locals`].
@@ -284,6 +310,8 @@ where
     F: Future<Output = PyResult<T>> + Send + 'static,
     T: for<'py> IntoPyObject<'py> + Send + 'static,
 {
+    // L3: entered before the loop is looked up (registering a loop runs Python code).
+    let _entry = crate::exit::enter()?;
     let locals = get_current_locals::<R>(py)?;
     future_into_py_with_locals::<R, F, T>(py, locals, fut)
 }
@@ -307,16 +335,20 @@ pub fn local_future_into_py_with_locals<R, F, T>(
     fut: F,
 ) -> PyResult<Bound<'_, PyAny>>
 where
-    R: ContextExt + SpawnLocalExt + LocalContextExt,
+    R: SpawnLocalExt + LocalContextExt,
     F: Future<Output = PyResult<T>> + 'static,
     T: for<'py> IntoPyObject<'py> + 'static,
 {
     // L3: no new crossing once the interpreter exits; the frame is counted until it returns.
     let _entry = crate::exit::enter()?;
+    // First the task, then the crossing (invariant 1): `R::spawn_local` may panic here.
+    let (slot, waiting) = oneshot::channel::<Pin<Box<dyn Future<Output = ()>>>>();
+    drop(R::spawn_local(run_when_sent(waiting)));
     let (py_fut, crossing) = new_crossing(py, &locals, CancelMode::Drop)?;
     let task = R::scope_local(locals, drive(crossing.shared, CancelMode::Drop, fut));
     let delivery = crossing.delivery;
-    drop(R::spawn_local(async move {
+    // Invariant 2, as in `future_into_py_with_locals`.
+    let _ = slot.send(Box::pin(async move {
         send_converted(delivery, task.await);
     }));
     Ok(py_fut)
@@ -335,6 +367,8 @@ where
     F: Future<Output = PyResult<T>> + 'static,
     T: for<'py> IntoPyObject<'py> + 'static,
 {
+    // L3: entered before the loop is looked up (registering a loop runs Python code).
+    let _entry = crate::exit::enter()?;
     let locals = get_current_locals::<R>(py)?;
     local_future_into_py_with_locals::<R, F, T>(py, locals, fut)
 }

@@ -19,6 +19,9 @@
 //! asyncio object happens on the loop thread, reached through one per-loop delivery queue
 //! (see `ARCHITECTURE.md`) that wakes the loop once per batch.
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// The docs are written for the default features: built without tokio, their links into the
+// `tokio` module have no target.
+#![cfg_attr(not(feature = "tokio-runtime"), allow(rustdoc::broken_intra_doc_links))]
 
 // The attributes' expansions name the crate `::pyo3_async_bridge` inside its own package
 // (unit tests, examples, doctests): this makes that path resolve in the library itself too.
@@ -83,7 +86,7 @@ pub use locals::{get_running_loop, TaskLocals};
 /// Counters for tests and benchmarks. Not part of the stable API.
 #[doc(hidden)]
 pub mod debug {
-    pub use crate::attach::{attach_counts, AttachCounts};
+    pub use crate::attach::{attach_counts, mark_runtime_thread, AttachCounts};
     pub use crate::queue::{queue_stats, QueueStats};
     pub use crate::registry::live_crossings;
 }

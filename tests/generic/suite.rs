@@ -242,5 +242,9 @@ pub fn r2_run_inside_a_running_loop_is_refused<R: ContextExt>() {
         })?;
         refused.extract()
     });
-    assert!(err.starts_with("RuntimeError"), "{err}");
+    assert!(
+        err.starts_with("RuntimeError")
+            && err.contains("cannot be called while an asyncio event loop is running"),
+        "{err}"
+    );
 }
