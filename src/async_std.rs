@@ -27,6 +27,7 @@
 //! assert_eq!(n, 7);
 //! ```
 
+use crate::err::BridgeError;
 use crate::generic::{self, ContextExt, LocalContextExt, Runtime, SpawnLocalExt};
 use crate::{PyFuture, TaskLocals};
 use ::async_std::task;
@@ -204,15 +205,25 @@ impl<F> Scoped<F> {
     }
 }
 
-/// Runs `f` with `locals` swapped into the current task's slot, then swaps them back.
+/// Runs `f` with `locals` swapped into the current task's slot, then swaps them back, also when
+/// `f` unwinds (a caught panic must not leave an inner scope's locals current).
 fn entered<T>(locals: &mut Option<TaskLocals>, f: impl FnOnce() -> T) -> T {
-    let swap = |locals: &mut Option<TaskLocals>| {
+    /// Swaps back when dropped: after `f` returns or while it unwinds.
+    struct Restore<'a>(&'a mut Option<TaskLocals>);
+
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            swap(self.0);
+        }
+    }
+
+    fn swap(locals: &mut Option<TaskLocals>) {
         let _ = TASK_LOCALS.try_with(|slot| std::mem::swap(&mut *slot.borrow_mut(), locals));
-    };
+    }
+
     swap(locals);
-    let out = f();
-    swap(locals);
-    out
+    let _restore = Restore(locals);
+    f()
 }
 
 impl<F: Future> Future for Scoped<F> {
@@ -221,10 +232,12 @@ impl<F: Future> Future for Scoped<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let mut this = self.project();
         entered(this.locals, || {
-            let polled = match this.fut.as_mut().as_pin_mut() {
-                Some(fut) => fut.poll(cx),
-                None => Poll::Pending,
-            };
+            let polled = this
+                .fut
+                .as_mut()
+                .as_pin_mut()
+                .expect("`async_std::scope` future polled after completion")
+                .poll(cx);
             if polled.is_ready() {
                 this.fut.set(None);
             }
@@ -243,6 +256,13 @@ impl<F> PinnedDrop for Scoped<F> {
 
 /// Runs `fut` with `locals` as the current [`TaskLocals`] (C1). The inner future is also dropped
 /// inside the scope, so its destructors see the same locals.
+///
+/// The locals live in async-std's task-local storage: poll the returned future inside an
+/// async-std task (spawned, or `task::block_on`). Polled by another executor, `fut` runs
+/// without them.
+///
+/// # Panics
+/// When polled again after it completed.
 pub fn scope<F, R>(locals: TaskLocals, fut: F) -> impl Future<Output = R> + Send
 where
     F: Future<Output = R> + Send + 'static,
@@ -366,7 +386,8 @@ where
 /// As [`future_into_py_with_locals`], on this thread.
 ///
 /// # Errors
-/// `TypeError` when `locals` does not hold a usable event loop.
+/// `RuntimeError` outside any async-std task (checked first, nothing is started), where the
+/// task would never run; `TypeError` when `locals` does not hold a usable event loop.
 pub fn local_future_into_py_with_locals<F, T>(
     py: Python<'_>,
     locals: TaskLocals,
@@ -376,7 +397,17 @@ where
     F: Future<Output = PyResult<T>> + 'static,
     T: for<'py> IntoPyObject<'py> + 'static,
 {
+    in_async_std_task("local_future_into_py_with_locals")?;
     generic::local_future_into_py_with_locals::<AsyncStdRuntime, F, T>(py, locals, fut)
+}
+
+/// R8: a local crossing made outside any async-std task would never run; refused before
+/// anything is made.
+fn in_async_std_task(caller: &'static str) -> PyResult<()> {
+    match task::try_current() {
+        Some(_) => Ok(()),
+        None => Err(BridgeError::NoAsyncStdTask(caller).into()),
+    }
 }
 
 /// [`local_future_into_py_with_locals`] with [`get_current_locals`].
@@ -388,6 +419,7 @@ where
     F: Future<Output = PyResult<T>> + 'static,
     T: for<'py> IntoPyObject<'py> + 'static,
 {
+    in_async_std_task("local_future_into_py")?;
     generic::local_future_into_py::<AsyncStdRuntime, F, T>(py, fut)
 }
 

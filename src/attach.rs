@@ -28,13 +28,13 @@ pub fn mark_runtime_thread() {
     RUNTIME_THREAD.with(|c| c.set(true));
 }
 
-/// Whether the calling thread belongs to a tokio runtime: ours (marked at start) or a user's
-/// runtime whose threads keep tokio's default names.
+/// Whether the calling thread belongs to a runtime: ours (marked at start), a user's tokio
+/// runtime whose threads keep tokio's default names, or async-std's executor threads.
 pub(crate) fn is_runtime_thread() -> bool {
     RUNTIME_THREAD.with(Cell::get)
         || std::thread::current()
             .name()
-            .is_some_and(|n| n.starts_with("tokio-runtime-worker"))
+            .is_some_and(|n| n.starts_with("tokio-runtime-worker") || n == "async-std/runtime")
 }
 
 /// Attaches to the interpreter and runs `f`, counting the attach.

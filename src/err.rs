@@ -75,6 +75,12 @@ pub enum BridgeError {
          use future_into_py instead"
     )]
     NoLocalSet(&'static str),
+    /// A `!Send` crossing (`async_std::local_future_into_py*`) was made outside any async-std
+    /// task, where its local task would never run (rule R8).
+    #[error(
+        "{0} must be called inside an async-std task (async_std::task::block_on on this thread,          or a task it runs): its future runs on this thread only while async-std drives it here;          a Send future can use async_std::future_into_py instead"
+    )]
+    NoAsyncStdTask(&'static str),
 }
 
 impl From<BridgeError> for PyErr {
@@ -92,7 +98,8 @@ impl From<BridgeError> for PyErr {
             | BridgeError::LoopRunning(_)
             | BridgeError::ClosedLoopGiven(_)
             | BridgeError::WouldDeadlock
-            | BridgeError::NoLocalSet(_) => PyRuntimeError::new_err(e.to_string()),
+            | BridgeError::NoLocalSet(_)
+            | BridgeError::NoAsyncStdTask(_) => PyRuntimeError::new_err(e.to_string()),
         }
     }
 }

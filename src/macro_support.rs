@@ -193,7 +193,11 @@ async fn on_blocking_thread<Rt: Runtime>(
     // with `Ok` the result is in the channel.
     let (tx, rx) = futures::channel::oneshot::channel();
     let ended = Rt::spawn_blocking(move || {
-        let _ = tx.send(f());
+        // The test's future is gone (a `testing::main` timeout): its error may hold Python
+        // references, released attached (the reference pool may be disabled).
+        if let Err(unsent) = tx.send(f()) {
+            Python::attach(move |_| drop(unsent));
+        }
     })
     .await;
     match ended {

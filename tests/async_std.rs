@@ -13,10 +13,12 @@ mod suite;
 use ::async_std::task;
 use common::{fail, locals_for, run_bounded, with_loop};
 use futures::channel::oneshot;
-use pyo3::exceptions::PyValueError;
+use futures::FutureExt;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3_async_bridge::async_std::{self as bridge, AsyncStdRuntime};
 use pyo3_async_bridge::generic::ContextExt;
+use pyo3_async_bridge::RustPanic;
 use std::rc::Rc;
 use std::sync::mpsc;
 use suite::{thread_name, DropProbe};
@@ -32,6 +34,10 @@ fn r8_c2_values_errors_and_panics_cross() {
 #[test]
 fn r8_c1_c8_contextvars_reach_python_and_stay_apart() {
     suite::c1_c8_contextvars_reach_python_and_stay_apart::<AsyncStdRuntime>(EXECUTOR);
+    // A1: async-std's executor threads count as runtime threads; the bridge never attached on
+    // one (the test's own `Python::attach` calls are not the bridge's).
+    let counts = pyo3_async_bridge::debug::attach_counts();
+    assert_eq!(counts.runtime_threads, 0, "{counts:?}");
 }
 
 #[test]
@@ -158,7 +164,10 @@ fn r8_r6_a_future_holding_an_rc_runs_on_the_thread_that_drives_it() {
                         })
                         .map(Bound::unbind)
                     });
-                    let _ = made_tx.send(made);
+                    // On failure the error (Python references) goes back attached (no-pool).
+                    if let Err(mpsc::SendError(made)) = made_tx.send(made) {
+                        Python::attach(move |_| drop(made));
+                    }
                     let _ = done_rx.await;
                 })
             })
@@ -174,10 +183,51 @@ fn r8_r6_a_future_holding_an_rc_runs_on_the_thread_that_drives_it() {
 
 #[test]
 fn r8_c2_a_panic_in_run_is_a_rust_panic() {
-    let err = Python::attach(|py| {
-        bridge::run::<_, ()>(py, async { panic!("boom on async-std") })
-            .unwrap_err()
-            .to_string()
+    let (is_panic, err) = Python::attach(|py| {
+        let e = bridge::run::<_, ()>(py, async { panic!("boom on async-std") }).unwrap_err();
+        (e.is_instance_of::<RustPanic>(py), e.to_string())
     });
-    assert!(err.contains("boom on async-std"), "{err}");
+    assert!(is_panic && err.contains("boom on async-std"), "{err}");
+}
+
+#[test]
+fn r8_c1_a_panic_inside_a_nested_scope_restores_the_outer_locals() {
+    let same: bool = with_loop(|py, event_loop| {
+        let outer = locals_for(event_loop)?;
+        let other_loop = common::new_loop(py);
+        let inner = locals_for(&other_loop)?;
+        let expected = event_loop.clone().unbind();
+        let same = py.detach(move || {
+            task::block_on(bridge::scope(outer, async move {
+                let nested = bridge::scope(inner, async { panic!("inside the inner scope") });
+                let caught = std::panic::AssertUnwindSafe(nested).catch_unwind().await;
+                assert!(caught.is_err());
+                let now = AsyncStdRuntime::get_task_locals().expect("the outer scope's locals");
+                Python::attach(move |py| now.event_loop(py).is(expected.bind(py)))
+            }))
+        });
+        let problems = common::close_loop(&other_loop);
+        assert!(problems.is_empty(), "{problems:#?}");
+        Ok(same)
+    });
+    assert!(
+        same,
+        "after a caught panic, the inner scope's locals were still current"
+    );
+}
+
+#[test]
+fn r8_r6_a_local_crossing_outside_any_async_std_task_is_a_runtime_error() {
+    let err: String = with_loop(|py, event_loop| {
+        let locals = locals_for(event_loop)?;
+        let e = bridge::local_future_into_py_with_locals(py, locals, async { Ok(()) })
+            .map(drop)
+            .unwrap_err();
+        assert!(e.is_instance_of::<PyRuntimeError>(py));
+        Ok(e.to_string())
+    });
+    assert!(
+        err.contains("must be called inside an async-std task"),
+        "{err}"
+    );
 }

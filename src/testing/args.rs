@@ -97,7 +97,8 @@ impl Args {
 /// A positive number of seconds.
 fn secs(v: &str) -> Result<Duration, String> {
     match v.parse::<f64>() {
-        Ok(s) if s > 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s)),
+        Ok(s) if s > 0.0 => Duration::try_from_secs_f64(s)
+            .map_err(|_| format!("expected a positive number of seconds, got `{v}`")),
         _ => Err(format!("expected a positive number of seconds, got `{v}`")),
     }
 }
@@ -224,6 +225,9 @@ mod tests {
         assert!(error(&["--frobnicate"]).contains("unknown option `--frobnicate`"));
         assert!(error(&["--test-threads", "0"]).contains("positive integer"));
         assert!(error(&["--timeout", "-1"]).contains("positive number of seconds"));
+        // Too large for a Duration: an error, not a panic.
+        assert!(error(&["--timeout", "1e20"]).contains("positive number of seconds"));
+        assert!(error(&["--timeout", "inf"]).contains("positive number of seconds"));
         assert!(error(&["--skip"]).contains("needs a value"));
     }
 }
