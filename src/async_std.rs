@@ -79,7 +79,8 @@ pub use pyo3_async_bridge_macros::async_std_main as main;
 ///
 /// #[pyo3_async_bridge::async_std::test]
 /// fn takes_its_loop(event_loop: Py<PyAny>) -> PyResult<()> {
-///     Python::attach(|py| event_loop.bind(py).call_method0("time").map(drop))
+///     // `move`: the reference is released attached too.
+///     Python::attach(move |py| event_loop.bind(py).call_method0("time").map(drop))
 /// }
 /// ```
 #[cfg(feature = "attributes")]

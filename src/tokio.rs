@@ -92,7 +92,8 @@ pub use pyo3_async_bridge_macros::tokio_main as main;
 ///
 /// #[pyo3_async_bridge::tokio::test]
 /// fn blocks(event_loop: Py<PyAny>) -> PyResult<()> {
-///     Python::attach(|py| {
+///     // `move`: the reference is released attached too.
+///     Python::attach(move |py| {
 ///         let closed = event_loop.bind(py).call_method0("is_closed")?.is_truthy()?;
 ///         assert!(!closed);
 ///         Ok(())
