@@ -10,7 +10,9 @@ use pyo3_async_bridge::tokio::{
     cancellation_reason, cancellation_token, future_into_py, future_into_py_with_options,
     into_future,
 };
-use pyo3_async_bridge::{CancelMode, IntoPyOptions};
+use pyo3_async_bridge::{generic, CancelMode, IntoPyOptions, TaskLocals};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -173,7 +175,7 @@ fn rust_awaits_in_background(coro: Bound<'_, PyAny>) -> PyResult<()> {
     Ok(())
 }
 
-/// Blocks (GIL released, at most 5 s) until `n` events of step 9 were reported; returns them.
+/// Blocks (GIL released, at most 5 s) until `n` events of step 10 were reported; returns them.
 #[pyfunction]
 fn rust_left_behind(py: Python<'_>, n: usize) -> Vec<String> {
     py.detach(|| {
@@ -189,6 +191,76 @@ fn rust_left_behind(py: Python<'_>, n: usize) -> Vec<String> {
 #[pyfunction]
 fn rust_cleaned_up() -> bool {
     CLEANED_UP.load(Ordering::SeqCst)
+}
+
+/// Step 9: another executor. A deliberately tiny one (a thread per task, futures' `block_on`),
+/// plugged in through the `generic` traits: the crossing, its contextvars and its cancellation
+/// are the bridge's, whatever runs the Rust future.
+struct ThreadPerTask;
+
+thread_local! {
+    static TASK_LOCALS: std::cell::RefCell<Option<TaskLocals>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A thread-per-task task can only end by finishing or panicking.
+struct Panicked(Box<dyn std::any::Any + Send>);
+
+impl generic::JoinError for Panicked {
+    fn is_panic(&self) -> bool {
+        true
+    }
+    fn into_panic(self) -> Box<dyn std::any::Any + Send> {
+        self.0
+    }
+}
+
+impl generic::Runtime for ThreadPerTask {
+    type JoinError = Panicked;
+    type JoinHandle = Pin<Box<dyn Future<Output = Result<(), Panicked>> + Send>>;
+
+    fn spawn<F: Future<Output = ()> + Send + 'static>(fut: F) -> Self::JoinHandle {
+        Self::spawn_blocking(move || futures::executor::block_on(fut))
+    }
+
+    fn spawn_blocking<F: FnOnce() + Send + 'static>(f: F) -> Self::JoinHandle {
+        let (tx, rx) = futures::channel::oneshot::channel();
+        std::thread::Builder::new()
+            .name("thread-per-task".into())
+            .spawn(move || {
+                let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+                let _ = tx.send(ended.map_err(Panicked));
+            })
+            .expect("spawn a task thread");
+        Box::pin(async move { rx.await.unwrap_or(Ok(())) })
+    }
+}
+
+impl generic::ContextExt for ThreadPerTask {
+    fn scope<F, R>(locals: TaskLocals, fut: F) -> Pin<Box<dyn Future<Output = R> + Send>>
+    where
+        F: Future<Output = R> + Send + 'static,
+    {
+        // The task's own thread sets them when it first polls; one task per thread.
+        Box::pin(async move {
+            TASK_LOCALS.with(|l| *l.borrow_mut() = Some(locals));
+            fut.await
+        })
+    }
+
+    fn get_task_locals() -> Option<TaskLocals> {
+        TASK_LOCALS.with(|l| l.borrow().clone())
+    }
+}
+
+/// Python awaits Rust on `ThreadPerTask`, and that Rust awaits Python: `(thread, what Python saw)`.
+#[pyfunction]
+fn other_executor(py: Python<'_>, coro: Py<PyAny>) -> PyResult<Bound<'_, PyAny>> {
+    generic::future_into_py::<ThreadPerTask, _, _>(py, async move {
+        let fut = Python::attach(|py| generic::into_future::<ThreadPerTask>(coro.into_bound(py)))?;
+        let seen = fut.await?;
+        let thread = std::thread::current().name().unwrap_or_default().to_owned();
+        Ok((thread, seen))
+    })
 }
 
 const TOUR: &std::ffi::CStr = cr#"
@@ -280,9 +352,15 @@ async def main():
     else:
         step("TimeoutError arrived", False, True)
 
+
+    print("9. Another executor (the generic traits): same crossing, same contextvars", flush=True)
+    request_id.set("req-10")
+    step("await other_executor(python_side(3))", await tour.other_executor(python_side(3)),
+         ("thread-per-task", "python saw 3 in request req-10"))
+
 asyncio.run(main())
 
-print("9. A loop closes with work pending: the Rust work stops, awaiting Python fails", flush=True)
+print("10. A loop closes with work pending: the Rust work stops, awaiting Python fails", flush=True)
 import time
 loop = asyncio.new_event_loop()
 async def leave_work():
@@ -319,6 +397,7 @@ fn main() -> PyResult<()> {
         m.add_function(wrap_pyfunction!(rust_forever, &m)?)?;
         m.add_function(wrap_pyfunction!(rust_awaits_in_background, &m)?)?;
         m.add_function(wrap_pyfunction!(rust_left_behind, &m)?)?;
+        m.add_function(wrap_pyfunction!(other_executor, &m)?)?;
         m.add(
             "DROP_CANCEL_MESSAGE",
             pyo3_async_bridge::DROP_CANCEL_MESSAGE,
