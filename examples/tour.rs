@@ -133,7 +133,7 @@ fn rust_cooperative(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     })
 }
 
-/// Step 9: what became of the work left on a loop that was closed under it.
+/// Step 10: what became of the work left on a loop that was closed under it.
 static LEFT_BEHIND: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 static LEFT_BEHIND_SEEN: std::sync::Condvar = std::sync::Condvar::new();
 
