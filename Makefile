@@ -58,14 +58,16 @@ lint: venv
 	cargo clippy --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps -p pyo3-async-bridge --features attributes,testing,async-std-runtime
 
-test-rust: venv
-	cargo test -p pyo3-async-bridge
+# Every feature at once (the default, tokio only, is what python-tests builds and pytest runs):
+# one build of the crate serves the Rust suites, the async-std suite and every doc example.
+ALL_FEATURES := async-std-runtime,attributes,testing
 
-# The async-std runtime (SPEC R8): its suite and doc examples with tokio beside it, then the
-# crate without tokio (the library's unit tests, the suite, and the attributes' harness tests).
+test-rust: venv
+	cargo test -p pyo3-async-bridge --features $(ALL_FEATURES)
+
+# The async-std runtime (SPEC R8) without tokio: the library's unit tests and the async-std
+# suite (with tokio beside it, test-rust runs them).
 test-async-std: venv
-	cargo test -p pyo3-async-bridge --features async-std-runtime,attributes,testing --doc -- async_std
-	cargo test -p pyo3-async-bridge --features async-std-runtime,attributes,testing --test async_std
 	cargo test -p pyo3-async-bridge --no-default-features --features async-std-runtime,attributes,testing --lib --test async_std
 
 # The attributes and the test harness (SPEC T1-T4): the macros' parsing, the harness's command
@@ -74,8 +76,6 @@ test-async-std: venv
 # when it is installed.
 test-attributes: venv
 	cargo test -p pyo3-async-bridge-macros
-	cargo test -p pyo3-async-bridge --features attributes,testing --lib testing
-	cargo test -p pyo3-async-bridge --features attributes,testing --doc -- tokio::main tokio::test testing
 	cargo test -p pyo3-async-bridge-fixture-renamed
 	@if cargo nextest --version >/dev/null 2>&1; then \
 		cargo nextest run -p pyo3-async-bridge-fixture-renamed; \
@@ -89,22 +89,24 @@ test-props:
 # PyO3 aborts when a Python reference is dropped off-thread under this cfg: proves the bridge
 # sends every reference home to its loop thread.
 test-nopool: venv
-	RUSTFLAGS="--cfg pyo3_disable_reference_pool" cargo test -p pyo3-async-bridge --target-dir target/nopool
-	RUSTFLAGS="--cfg pyo3_disable_reference_pool" cargo test -p pyo3-async-bridge --target-dir target/nopool --features async-std-runtime --test async_std
+	RUSTFLAGS="--cfg pyo3_disable_reference_pool" cargo test -p pyo3-async-bridge --target-dir target/nopool --features $(ALL_FEATURES)
 
 build-ext: venv
 	cd python-tests && ../$(VENV)/bin/maturin develop --quiet
 
-test-python: build-ext
-	cd python-tests && ../$(PYTEST) $(PYTEST_ARGS)
-
-# The same suite with the call_soon_threadsafe wakeup forced. The repeat passes run the exit and
-# lifecycle subprocess scenarios fewer times each, and rloop a subset: all but those scenarios,
-# which test-python runs under rloop (conftest.py, BRIDGE_TEST_RLOOP).
+# The exit and lifecycle subprocess scenarios (test_exit.py, test_lifecycle.py) are repeated a
+# number of times each: make test runs two thirds of that in its first pass and a third in each
+# repeat pass (BRIDGE_EXIT_RUNS_SCALE), make test-all-pythons all of it on every CPython.
+FIRST_PASS := BRIDGE_EXIT_RUNS_SCALE=0.67
 REPEAT_PASS := BRIDGE_EXIT_RUNS_SCALE=0.34
 
+test-python: build-ext
+	cd python-tests && $(FIRST_PASS) ../$(PYTEST) $(PYTEST_ARGS)
+
+# The same suite with the call_soon_threadsafe wakeup forced, under asyncio and uvloop: that
+# wakeup is what every loop has, and the first pass runs rloop (conftest.py, BRIDGE_TEST_RLOOP).
 test-python-threadsafe: build-ext
-	cd python-tests && PYO3_ASYNC_BRIDGE_WAKEUP=threadsafe $(REPEAT_PASS) BRIDGE_TEST_RLOOP=subset ../$(PYTEST) $(PYTEST_ARGS)
+	cd python-tests && PYO3_ASYNC_BRIDGE_WAKEUP=threadsafe $(REPEAT_PASS) BRIDGE_TEST_RLOOP=none ../$(PYTEST) $(PYTEST_ARGS)
 
 # The same suite on one CPython (3.9 ... 3.13), in its own venv and target directory.
 .PRECIOUS: .venv-3.%/.installed

@@ -232,34 +232,44 @@ def run(loop_kind: str) -> Runner:
     return Runner(loop_kind)
 
 
-#: ``BRIDGE_TEST_RLOOP=subset`` (the Makefile's second, threadsafe-wakeup pass, to keep ``make test``
-#: short): rloop runs everything but the interpreter-exit and closed-loop subprocess scenarios
-#: (most of the time rloop adds to a run), which the first pass runs under rloop in full.
-#: Deselected, and counted as such in pytest's summary and header.
-RLOOP_SUBSET = os.environ.get("BRIDGE_TEST_RLOOP") == "subset"
+#: ``BRIDGE_TEST_RLOOP`` trims the rloop runs of a repeat pass, to keep ``make test`` short:
+#: ``subset`` runs everything but the interpreter-exit and closed-loop subprocess scenarios (most
+#: of the time rloop adds to a run), ``none`` no rloop run at all (the Makefile's threadsafe
+#: pass: its wakeup, ``call_soon_threadsafe``, is what every loop has). The first pass and
+#: ``make test-all-pythons`` run rloop in full. Deselected runs are counted as such in pytest's
+#: summary and named in its header.
+RLOOP_MODE = os.environ.get("BRIDGE_TEST_RLOOP", "all")
+RLOOP_SUBSET = RLOOP_MODE == "subset"
 _RLOOP_SUBSET_LEAVES_OUT = ("test_exit.py", "test_lifecycle.py")
 
 
+def _rloop_left_out(item) -> bool:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if params.get("loop_kind") != "rloop":
+        return False
+    return RLOOP_MODE == "none" or (RLOOP_SUBSET and item.path.name in _RLOOP_SUBSET_LEAVES_OUT)
+
+
 def pytest_report_header(config) -> str:
-    rloop_runs = (
-        RLOOP_SKIP_REASON
-        if not RLOOP_SUPPORTED
-        else f"rloop {rloop.__version__}"
-        + (f", without {' and '.join(_RLOOP_SUBSET_LEAVES_OUT)}" if RLOOP_SUBSET else "")
-    )
+    if not RLOOP_SUPPORTED:
+        rloop_runs = RLOOP_SKIP_REASON
+    elif RLOOP_MODE == "none":
+        rloop_runs = f"rloop {rloop.__version__} deselected (BRIDGE_TEST_RLOOP=none)"
+    else:
+        rloop_runs = f"rloop {rloop.__version__}" + (
+            f", without {' and '.join(_RLOOP_SUBSET_LEAVES_OUT)}" if RLOOP_SUBSET else ""
+        )
     return f"loop kinds: asyncio, uvloop {uvloop.__version__}, {rloop_runs}"
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    if not RLOOP_SUBSET:
+    if RLOOP_MODE not in ("all", "subset", "none"):
+        raise pytest.UsageError(f"BRIDGE_TEST_RLOOP={RLOOP_MODE!r}: expected all, subset or none")
+    if RLOOP_MODE == "all":
         return
     keep, left_out = [], []
     for item in items:
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        if params.get("loop_kind") == "rloop" and item.path.name in _RLOOP_SUBSET_LEAVES_OUT:
-            left_out.append(item)
-        else:
-            keep.append(item)
+        (left_out if _rloop_left_out(item) else keep).append(item)
     if left_out:
         config.hook.pytest_deselected(items=left_out)
         items[:] = keep
