@@ -87,9 +87,11 @@ test-props:
 	cargo test -p pyo3-async-bridge-proptests
 
 # PyO3 aborts when a Python reference is dropped off-thread under this cfg: proves the bridge
-# sends every reference home to its loop thread.
+# sends every reference home to its loop thread. The library's unit tests and every integration
+# test; not the doc examples, which are user code (they drop a result's `Py` where they like,
+# as the default reference pool allows) and run in test-rust.
 test-nopool: venv
-	RUSTFLAGS="--cfg pyo3_disable_reference_pool" cargo test -p pyo3-async-bridge --target-dir target/nopool --features $(ALL_FEATURES)
+	RUSTFLAGS="--cfg pyo3_disable_reference_pool" cargo test -p pyo3-async-bridge --target-dir target/nopool --features $(ALL_FEATURES) --lib --tests
 
 build-ext: venv
 	cd python-tests && ../$(VENV)/bin/maturin develop --quiet
