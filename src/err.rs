@@ -78,7 +78,9 @@ pub enum BridgeError {
     /// A `!Send` crossing (`async_std::local_future_into_py*`) was made outside any async-std
     /// task, where its local task would never run (rule R8).
     #[error(
-        "{0} must be called inside an async-std task (async_std::task::block_on on this thread,          or a task it runs): its future runs on this thread only while async-std drives it here;          a Send future can use async_std::future_into_py instead"
+        "{0} must be called inside an async-std task (async_std::task::block_on on this thread, \
+         or a task it runs): its future runs on this thread only while async-std drives it here; \
+         a Send future can use async_std::future_into_py instead"
     )]
     NoAsyncStdTask(&'static str),
 }

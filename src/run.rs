@@ -9,7 +9,9 @@
 //! # Invariants
 //! 1. When these functions return, the Rust future has been dropped: cancelled crossings are
 //!    waited for with the loop still running, so the jobs their drop sends to the loop (a
-//!    `PyFuture` cancelling its task, C4) run before the loop is closed.
+//!    `PyFuture` cancelling its task, C4) run before the loop is closed. The one exception is
+//!    the way out of a drop that does not end: a second Ctrl-C (R3) stops that wait, and what
+//!    the drop sends later meets a closed loop (L1).
 //! 2. Nothing is spawned when the call is refused (a loop already running in this thread, a
 //!    closed loop, an object that is no loop).
 

@@ -11,7 +11,8 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyModule;
 use pyo3_async_bridge::tokio::{cancellation_token, into_future, run};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 const HELPERS: &std::ffi::CStr = cr#"
@@ -89,6 +90,47 @@ fn interrupted_run(py: Python<'_>) {
     assert!(sigint_handler(py).is(&before), "handler not restored");
 }
 
+/// Set by the child's main thread once `run` has returned; the stuck drop waits for it.
+static RELEASE: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+
+/// A Rust future whose drop does not end by itself: it blocks its runtime thread until the
+/// child's main thread releases it (bounded, so a failing test cannot keep the child alive).
+struct StuckDrop;
+impl Drop for StuckDrop {
+    fn drop(&mut self) {
+        println!("dropping");
+        let (lock, released) = &RELEASE;
+        let guard = lock.lock().unwrap();
+        drop(
+            released
+                .wait_timeout_while(guard, Duration::from_secs(50), |r| !*r)
+                .unwrap(),
+        );
+        DROPPED.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Child: the first Ctrl-C cancels the main crossing, whose Rust drop then blocks; the second
+/// one (sent once the drop began) must end `run` with `KeyboardInterrupt` at once, without
+/// waiting for that drop.
+fn stuck_run(py: Python<'_>) {
+    let err = run(py, async {
+        let _stuck = StuckDrop;
+        println!("ready");
+        std::future::pending::<()>().await;
+        Ok(())
+    })
+    .expect_err("interrupted");
+    assert!(err.is_instance_of::<PyKeyboardInterrupt>(py), "{err}");
+    assert!(
+        !DROPPED.load(Ordering::SeqCst),
+        "run waited for the drop that the second Ctrl-C should have cut short"
+    );
+    let (lock, released) = &RELEASE;
+    *lock.lock().unwrap() = true;
+    released.notify_all();
+}
+
 /// Child: what the SIGINT handler is while `run`'s future runs, read from Rust.
 fn handler_during_run(py: Python<'_>) -> Py<PyAny> {
     run(py, async {
@@ -126,6 +168,10 @@ fn child() {
                 .call_method1("signal", (signal.getattr("SIGINT").unwrap(), &default))
                 .unwrap();
             interrupted_run(py);
+        }
+        "second_ctrl_c" => {
+            reset_to_sig_dfl(py);
+            stuck_run(py);
         }
         "installs_only_where_it_may" => {
             reset_to_sig_dfl(py);
@@ -178,6 +224,15 @@ fn r3_ctrl_c_in_an_embedded_interpreter_cancels_run_and_raises_keyboard_interrup
 #[test]
 fn r3_ctrl_c_with_pythons_default_handler_cancels_run_and_raises_keyboard_interrupt() {
     interrupt_child("default_int_handler");
+}
+
+#[test]
+fn r3_a_second_ctrl_c_ends_run_while_the_rust_drop_is_stuck() {
+    let running = child::spawn("second_ctrl_c").wait_for_line("ready");
+    running.interrupt();
+    let dropping = running.wait_for_line("dropping");
+    dropping.interrupt();
+    dropping.finish().assert_ok_with("child ok");
 }
 
 #[test]

@@ -17,21 +17,40 @@ import threading
 import pytest
 
 import bridge_pytests
-from conftest import AVAILABLE_LOOP_KINDS, LOOP_PARAMS, new_loop
+from conftest import AVAILABLE_LOOP_KINDS, LOOP_PARAMS, SCRIPT_LOOPS, loop_class, new_loop
 
 #: Deadline for one subprocess or one thread.
 DEADLINE = 60
 
-INTERRUPTED_SCRIPT = textwrap.dedent(
+#: The loop kind is ``sys.argv[1]``; `run` makes its loop with ``asyncio.new_event_loop()``, so
+#: the script installs a policy that makes that kind.
+SCRIPT_PREAMBLE = (
+    textwrap.dedent(
+        """
+        import asyncio, signal, sys, threading
+        import bridge_pytests
+        """
+    )
+    + SCRIPT_LOOPS
+    + textwrap.dedent(
+        """
+        class Policy(asyncio.DefaultEventLoopPolicy):
+            def new_event_loop(self):
+                return new_loop()
+
+        asyncio.set_event_loop_policy(Policy())
+
+        # As when started from a terminal (a background job of a non-interactive shell
+        # inherits SIG_IGN, which the bridge rightly leaves alone).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        """
+    )
+)
+
+INTERRUPTED_SCRIPT = SCRIPT_PREAMBLE + textwrap.dedent(
     """
-    import asyncio, signal, sys
-    import bridge_pytests
-
-    # As when started from a terminal (a background job of a non-interactive shell inherits
-    # SIG_IGN, which `run` rightly leaves alone).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-
     async def announce():
+        assert type(asyncio.get_running_loop()) is loop_class()
         print("ready", flush=True)
         try:
             await asyncio.sleep(3600)
@@ -49,16 +68,49 @@ INTERRUPTED_SCRIPT = textwrap.dedent(
     """
 )
 
+#: R5: the main thread blocks in ``block_on_python`` on a loop running in another thread.
+BLOCKED_SCRIPT = SCRIPT_PREAMBLE + textwrap.dedent(
+    """
+    loop = new_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    ended = threading.Event()
+    how = []
 
-def test_r3_ctrl_c_in_a_python_script_blocked_in_run():
+    async def announce():
+        print("ready", flush=True)
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            how.append("cancelled")
+            raise
+        finally:
+            ended.set()
+
+    try:
+        bridge_pytests.block_on(loop, announce())
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt", flush=True)
+    print(f"task ended={ended.wait(30)} {how}", flush=True)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(30)
+    loop.close()
+    print("closed", flush=True)
+    """
+)
+
+
+def interrupt_script(script: str, kind: str) -> list[str]:
+    """Runs ``script`` with ``kind``, sends SIGINT once it printed "ready" (an event), and
+    returns the lines it printed after that; it must exit 0 with nothing on stderr."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", INTERRUPTED_SCRIPT],
+        [sys.executable, "-c", script, kind],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        first = proc.stdout.readline()  # an event: the coroutine runs inside `run`
+        first = proc.stdout.readline()
         assert first.strip() == "ready", (first, proc.stderr.read())
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=DEADLINE)
@@ -66,26 +118,55 @@ def test_r3_ctrl_c_in_a_python_script_blocked_in_run():
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    lines = out.splitlines()
     assert proc.returncode == 0, (out, err)
-    assert lines == [
+    assert err == ""
+    return out.splitlines()
+
+
+@pytest.mark.parametrize("kind", LOOP_PARAMS)
+def test_r3_ctrl_c_in_a_python_script_blocked_in_run(kind):
+    assert interrupt_script(INTERRUPTED_SCRIPT, kind) == [
         "python finally",
         "KeyboardInterrupt",
         "dropped=True token_fired=True",
         "restored=True",
-    ], (out, err)
-    assert err == ""
+    ]
 
 
-def test_r2_run_from_python_without_a_loop():
+@pytest.mark.parametrize("kind", LOOP_PARAMS)
+def test_r5_ctrl_c_while_the_main_thread_blocks_on_python_cancels_the_task(kind):
+    assert interrupt_script(BLOCKED_SCRIPT, kind) == [
+        "KeyboardInterrupt",
+        "task ended=True ['cancelled']",
+        "closed",
+    ]
+
+
+@pytest.mark.parametrize("kind", LOOP_PARAMS)
+def test_r2_run_from_python_without_a_loop(kind):
+    """On the main thread, under a policy that makes ``kind``: the value comes back, the loop is
+    closed, and the SIGINT handler `run` installed (R3) is taken off again."""
+
+    class Policy(asyncio.DefaultEventLoopPolicy):
+        def new_event_loop(self):
+            return new_loop(kind)
+
     async def coro():
         await asyncio.sleep(0)
         return asyncio.get_running_loop(), threading.current_thread().name
 
-    got = bridge_pytests.run_coro(coro())
-    loop, name = got
+    assert threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGINT)
+    old_policy = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(Policy())
+    try:
+        loop, name = bridge_pytests.run_coro(coro())
+    finally:
+        asyncio.set_event_loop_policy(old_policy)
+    assert isinstance(loop, loop_class(kind))
     assert loop.is_closed()
     assert name == threading.current_thread().name
+    assert signal.getsignal(signal.SIGINT) is before
     with pytest.raises(RuntimeError):
         asyncio.get_running_loop()
 
