@@ -40,6 +40,36 @@ if RLOOP_SUPPORTED:
 else:
     rloop = None
 
+#: rloop 0.5's ``RLoop._ssock_stop`` (the end of every ``run_forever``) closes its self-pipe
+#: socketpair twice: once in its Rust part (``_ssock_del``), then again when the Python socket
+#: objects it drops are collected. By the second close the descriptor number may belong to
+#: another thread (the bridge's wakeup socket among them, seen as a debug build's "IO Safety
+#: violation" abort with loops in several threads). Seen without the bridge: ``strace -e close``
+#: shows ``close(fd) = -1 EBADF`` after each run. The suite detaches the socket objects before
+#: ``_ssock_del``, so only rloop's Rust part closes them; a later rloop runs unpatched.
+#: Executed here and in every subprocess script (``SCRIPT_LOOPS``).
+RLOOP_SELF_PIPE_FIX = """
+def _fix_rloop_self_pipe(rloop):
+    if not rloop.__version__.startswith("0.5."):
+        return
+
+    def _ssock_stop(self):
+        if not self._ssock_w:
+            raise RuntimeError("self-socket has not been setup")
+        fd = self._ssock_r.fileno()
+        self._ssock_r.detach()
+        self._ssock_w.detach()
+        self._ssock_del(fd)
+        self._ssock_w = None
+        self._ssock_r = None
+
+    rloop.RLoop._ssock_stop = _ssock_stop
+"""
+if rloop is not None:
+    _fix_namespace: dict = {}
+    exec(RLOOP_SELF_PIPE_FIX, _fix_namespace)
+    _fix_namespace["_fix_rloop_self_pipe"](rloop)
+
 LOOP_KINDS = ("asyncio", "uvloop", "rloop")
 
 #: rloop 0.5 has no debug mode: ``set_debug`` does nothing and ``get_debug`` is always False, so
@@ -111,16 +141,17 @@ def new_loop(kind: str) -> asyncio.AbstractEventLoop:
 
 #: ``loop_class()`` and ``new_loop()`` for the suite's subprocess scripts, which take the loop
 #: kind as ``sys.argv[1]`` (the script imports ``asyncio`` and ``sys`` first).
-SCRIPT_LOOPS = """
+SCRIPT_LOOPS = (
+    RLOOP_SELF_PIPE_FIX
+    + """
 def loop_class():
     kind = sys.argv[1]
     if kind == "uvloop":
         import uvloop
         return uvloop.Loop
     if kind == "rloop":
-        import rloop, warnings
-        # rloop 0.5 leaks its self-pipe sockets (pyproject.toml's filterwarnings says more).
-        warnings.filterwarnings("ignore", "unclosed <socket.socket", ResourceWarning, "rloop.loop")
+        import rloop
+        _fix_rloop_self_pipe(rloop)
         return rloop.RLoop
     assert kind == "asyncio", kind
     return asyncio.SelectorEventLoop
@@ -128,6 +159,7 @@ def loop_class():
 def new_loop():
     return loop_class()()
 """
+)
 
 
 def _describe_handler_call(context: dict) -> str:
