@@ -36,7 +36,14 @@ SCRIPT_PREAMBLE = (
         """
         class Policy(asyncio.DefaultEventLoopPolicy):
             def new_event_loop(self):
-                return new_loop()
+                loop = new_loop()
+                if "--no-add-signal-handler" in sys.argv:
+                    # As on Windows: `run` falls back to `signal.signal` (R3).
+                    def refuse(*args):
+                        raise NotImplementedError
+
+                    loop.add_signal_handler = refuse
+                return loop
 
         asyncio.set_event_loop_policy(Policy())
 
@@ -100,11 +107,11 @@ BLOCKED_SCRIPT = SCRIPT_PREAMBLE + textwrap.dedent(
 )
 
 
-def interrupt_script(script: str, kind: str) -> list[str]:
+def interrupt_script(script: str, kind: str, *args: str) -> list[str]:
     """Runs ``script`` with ``kind``, sends SIGINT once it printed "ready" (an event), and
     returns the lines it printed after that; it must exit 0 with nothing on stderr."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", script, kind],
+        [sys.executable, "-c", script, kind, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -126,6 +133,16 @@ def interrupt_script(script: str, kind: str) -> list[str]:
 @pytest.mark.parametrize("kind", LOOP_PARAMS)
 def test_r3_ctrl_c_in_a_python_script_blocked_in_run(kind):
     assert interrupt_script(INTERRUPTED_SCRIPT, kind) == [
+        "python finally",
+        "KeyboardInterrupt",
+        "dropped=True token_fired=True",
+        "restored=True",
+    ]
+
+
+def test_r3_ctrl_c_on_a_loop_without_add_signal_handler():
+    """The handler goes in with ``signal.signal`` and comes off the same way."""
+    assert interrupt_script(INTERRUPTED_SCRIPT, "asyncio", "--no-add-signal-handler") == [
         "python finally",
         "KeyboardInterrupt",
         "dropped=True token_fired=True",
