@@ -150,9 +150,34 @@ fn child() {
             assert!(err.to_string().contains("already set"), "{err}");
             assert_eq!(crossings_work(), names(&["pyo3-async-bridge-worker"]));
         }
+        "peer_idioms" => {
+            // What extensions written for pyo3-async-runtimes do with the runtime: enter it to
+            // spawn from sync code, block on it, spawn through its handle.
+            let rt = get_runtime();
+            let spawned = {
+                let _guard = rt.enter();
+                tokio::spawn(async {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    thread_name()
+                })
+            };
+            assert_eq!(
+                rt.block_on(spawned).expect("join"),
+                "pyo3-async-bridge-worker"
+            );
+            let via_handle = rt.handle().spawn(async { 40 + 2 });
+            assert_eq!(rt.block_on(via_handle).expect("join"), 42);
+            assert_eq!(get_handle().id(), rt.handle().id());
+            assert_eq!(crossings_work(), names(&["pyo3-async-bridge-worker"]));
+        }
         other => panic!("unknown child role {other:?}"),
     }
     println!("child ok");
+}
+
+#[test]
+fn r1_the_default_runtime_takes_the_peers_idioms_enter_block_on_and_handle() {
+    child::run("peer_idioms").assert_ok_with("child ok");
 }
 
 #[test]
