@@ -12,7 +12,7 @@
 //! received the signal, and the callback runs on the loop thread between callbacks. Elsewhere
 //! it is a plain `signal.signal` handler, which wakes the loop itself.
 
-use pyo3::exceptions::PyKeyboardInterrupt;
+use pyo3::exceptions::{PyException, PyKeyboardInterrupt};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
@@ -127,12 +127,20 @@ impl Interrupt {
         let py = event_loop.py();
         let signal = py.import("signal")?;
         let sigint = signal.getattr(intern!(py, "SIGINT"))?;
+        // A `KeyboardInterrupt` (a Ctrl-C landing inside the loop's method) is returned once the
+        // previous handler is back.
+        let mut interrupted = None;
         match self.via {
             Via::Loop => {
-                // Its error is not ours to return: the handler goes back below all the same.
-                // (rloop 0.5's `remove_signal_handler` always raises: it calls a method under
-                // a name that does not exist. `run`'s value must not turn into that error.)
-                let _ = event_loop.call_method1(intern!(py, "remove_signal_handler"), (&sigint,));
+                // An `Exception` from it is not ours to return: the handler goes back below all
+                // the same. (rloop 0.5's `remove_signal_handler` always raises `AttributeError`:
+                // it calls a method under a name that does not exist. `run`'s value must not
+                // turn into that error.) What the loop itself keeps (asyncio's wakeup fd) is the
+                // loop's to clean up.
+                match event_loop.call_method1(intern!(py, "remove_signal_handler"), (&sigint,)) {
+                    Err(e) if !e.is_instance_of::<PyException>(py) => interrupted = Some(e),
+                    _ => {}
+                }
             }
             Via::Signal => {
                 let current = signal.call_method1(intern!(py, "getsignal"), (&sigint,))?;
@@ -141,8 +149,7 @@ impl Interrupt {
                 }
             }
         }
-        signal
-            .call_method1(intern!(py, "signal"), (&sigint, &self.previous))
-            .map(drop)
+        signal.call_method1(intern!(py, "signal"), (&sigint, &self.previous))?;
+        interrupted.map_or(Ok(()), Err)
     }
 }

@@ -46,11 +46,11 @@ else:
 #: another thread (the bridge's wakeup socket among them, seen as a debug build's "IO Safety
 #: violation" abort with loops in several threads). Seen without the bridge: ``strace -e close``
 #: shows ``close(fd) = -1 EBADF`` after each run. The suite detaches the socket objects before
-#: ``_ssock_del``, so only rloop's Rust part closes them; a later rloop runs unpatched.
+#: ``_ssock_del``, so only rloop's Rust part closes them; any other rloop release runs unpatched.
 #: Executed here and in every subprocess script (``SCRIPT_LOOPS``).
 RLOOP_SELF_PIPE_FIX = """
 def _fix_rloop_self_pipe(rloop):
-    if not rloop.__version__.startswith("0.5."):
+    if rloop.__version__ != "0.5.0":
         return
 
     def _ssock_stop(self):

@@ -48,8 +48,13 @@ SCRIPT_PREAMBLE = (
         asyncio.set_event_loop_policy(Policy())
 
         # As when started from a terminal (a background job of a non-interactive shell
-        # inherits SIG_IGN, which the bridge rightly leaves alone).
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        # inherits SIG_IGN, which the bridge rightly leaves alone); with --sig-dfl, as in an
+        # interpreter that installed no handler.
+        if "--sig-dfl" in sys.argv:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+        else:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        BEFORE = signal.getsignal(signal.SIGINT)
         """
     )
 )
@@ -70,7 +75,7 @@ INTERRUPTED_SCRIPT = SCRIPT_PREAMBLE + textwrap.dedent(
         print("KeyboardInterrupt", flush=True)
     dropped, token_fired = bridge_pytests.run_forever_probe()
     print(f"dropped={dropped} token_fired={token_fired}", flush=True)
-    restored = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    restored = signal.getsignal(signal.SIGINT) is BEFORE
     print(f"restored={restored}", flush=True)
     """
 )
@@ -140,6 +145,18 @@ def test_r3_ctrl_c_in_a_python_script_blocked_in_run(kind):
     ]
 
 
+@pytest.mark.parametrize("kind", LOOP_PARAMS)
+def test_r3_ctrl_c_over_sig_dfl_puts_sig_dfl_back(kind):
+    """asyncio's and uvloop's ``remove_signal_handler`` set ``default_int_handler``: the bridge
+    must put back what was there before, here ``SIG_DFL``."""
+    assert interrupt_script(INTERRUPTED_SCRIPT, kind, "--sig-dfl") == [
+        "python finally",
+        "KeyboardInterrupt",
+        "dropped=True token_fired=True",
+        "restored=True",
+    ]
+
+
 def test_r3_ctrl_c_on_a_loop_without_add_signal_handler():
     """The handler goes in with ``signal.signal`` and comes off the same way."""
     assert interrupt_script(INTERRUPTED_SCRIPT, "asyncio", "--no-add-signal-handler") == [
@@ -186,6 +203,38 @@ def test_r2_run_from_python_without_a_loop(kind):
     assert signal.getsignal(signal.SIGINT) is before
     with pytest.raises(RuntimeError):
         asyncio.get_running_loop()
+
+
+def test_r3_a_ctrl_c_inside_remove_signal_handler_is_not_lost():
+    """A loop's error while `run` takes its handler off is dropped (rloop 0.5's always raises),
+    but not a `KeyboardInterrupt`: that is a Ctrl-C, raised once the previous handler is back."""
+    loops = []
+
+    class Loop(asyncio.SelectorEventLoop):
+        def remove_signal_handler(self, sig):
+            super().remove_signal_handler(sig)
+            raise KeyboardInterrupt
+
+    class Policy(asyncio.DefaultEventLoopPolicy):
+        def new_event_loop(self):
+            loops.append(Loop())
+            return loops[-1]
+
+    async def coro():
+        return 42
+
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # not what remove_signal_handler puts back
+    old_policy = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(Policy())
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            bridge_pytests.run_coro(coro())
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL
+    finally:
+        asyncio.set_event_loop_policy(old_policy)
+        signal.signal(signal.SIGINT, before)
+    assert loops[0].is_closed()
 
 
 def test_r2_run_inside_a_running_loop_raises(run):
