@@ -16,7 +16,9 @@
 //! 2. [`Action::Deliver`] is returned at most once, and never once the consumer has cancelled
 //!    (C7: a result is never set on a cancelled future).
 //! 3. Once the consumer has cancelled, the crossing ends [`End::Cancelled`], whatever the
-//!    producer returns (C3, cooperative mode).
+//!    producer returns (C3, cooperative mode). The interpreter's exit stopping a producer
+//!    ([`Event::Shutdown`]) is such a cancel in cooperative mode; in [`Mode::Drop`] a value or
+//!    error the producer returned all the same is delivered (L2).
 //! 4. No hang: a `Finish` always ends the crossing; so does a `Cancel` in [`Mode::Drop`]; in
 //!    [`Mode::Cooperative`] the `Finish` that follows the cancel (or the grace timer's stop)
 //!    ends it (C7).
@@ -220,6 +222,14 @@ impl Crossing {
                 (Ended(End::Cancelled), EndCancelled)
             }
             (Created | Running, Finish(outcome)) => (Ended(End::Delivered), Deliver(outcome)),
+            // In Drop mode only the exit leads to `Cancelling` (the consumer never cancelled):
+            // a value or an error that the producer returned as the exit stopped it is still
+            // its outcome (L2: the exit never turns a computed result into a cancellation).
+            (Cancelling, Finish(outcome @ (Outcome::Value | Outcome::Error)))
+                if self.mode == Mode::Drop =>
+            {
+                (Ended(End::Delivered), Deliver(outcome))
+            }
             (Cancelling, Finish(_)) => (Ended(End::Cancelled), EndCancelled),
             (DetachedBeforeStart | Detached, Finish(_)) => (Ended(End::Discarded), Discard),
 

@@ -109,9 +109,16 @@ impl Model {
         if self.ended.is_some() {
             return Action::Discard;
         }
+        let exit_stopped_drop = self.shut_down && self.mode == Mode::Drop;
         if self.detached {
             self.end(End::Discarded);
             Action::Discard
+        } else if exit_stopped_drop && matches!(outcome, Outcome::Value | Outcome::Error) {
+            // L2: the exit stopped a Drop-mode producer (its consumer never cancelled, or it
+            // would have ended), which returned an outcome all the same: that is delivered.
+            self.delivered += 1;
+            self.end(End::Delivered);
+            Action::Deliver(outcome)
         } else if self.consumer_cancelled || outcome == Outcome::Cancellation {
             self.end(End::Cancelled);
             Action::EndCancelled

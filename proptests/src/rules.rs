@@ -36,6 +36,8 @@ pub struct Rules {
     cancelled_before_start: bool,
     stops_by_cancel: u32,
     stops_by_loop: u32,
+    /// The exit stopped a running Drop-mode producer whose consumer had not cancelled.
+    exit_stopped: bool,
     /// The message of the first cancel answered with `Stop` or `Signal`.
     reason: Option<String>,
 }
@@ -63,6 +65,7 @@ impl Rules {
             cancelled_before_start: false,
             stops_by_cancel: 0,
             stops_by_loop: 0,
+            exit_stopped: false,
             reason: None,
         }
     }
@@ -101,7 +104,34 @@ impl Rules {
 
         // 3. Once the consumer cancelled, the end is Cancelled whatever the producer returns
         //    (C3); only the loop closing may end it otherwise.
-        if is_cancel(o.step) && waiting_before {
+        // The exit stopping a running Drop-mode producer cancels nobody: the consumer still
+        // waits, and gets what the producer returned (a value or an error) or ends cancelled
+        // (L2). Checked here; any other exit counts as a cancel.
+        let exit_stops_drop = o.step == &Step::Shutdown
+            && self.mode == Mode::Drop
+            && (o.before == Phase::Running || self.exit_stopped)
+            && !self.cancelled;
+        if exit_stops_drop {
+            self.exit_stopped = true;
+        }
+        if self.exit_stopped && !self.cancelled && live_before {
+            if let Step::Finish(outcome) = o.step {
+                let expected = match outcome {
+                    Outcome::Value | Outcome::Error => {
+                        (Action::Deliver(*outcome), Phase::Ended(End::Delivered))
+                    }
+                    Outcome::Cancellation | Outcome::Abandoned => {
+                        (Action::EndCancelled, Phase::Ended(End::Cancelled))
+                    }
+                };
+                prop_assert_eq!(
+                    (o.action, o.after),
+                    expected,
+                    "L2: a finish after the exit stopped a Drop-mode producer"
+                );
+            }
+        }
+        if is_cancel(o.step) && waiting_before && !exit_stops_drop {
             if !started_before && !self.cancelled {
                 self.cancelled_before_start = true;
             }
