@@ -22,6 +22,7 @@ use pyo3::prelude::*;
 use std::any::TypeId;
 use std::future::Future;
 use std::sync::{Arc, Weak};
+use tokio_util::sync::CancellationToken;
 
 /// How a crossing's Rust side ended.
 pub(crate) enum Outcome<T> {
@@ -359,7 +360,7 @@ where
     let guarded = std::panic::AssertUnwindSafe(fut).catch_unwind();
     let finished = match mode {
         CancelMode::Drop | CancelMode::Cooperative { grace: None } => {
-            shared.stop_token().run_until_cancelled(guarded).await
+            until_stopped(shared.stop_token(), guarded).await
         }
         #[cfg(feature = "tokio-runtime")]
         CancelMode::Cooperative { grace: Some(grace) } => {
@@ -381,7 +382,7 @@ where
         // `tokio::future_into_py_with_options` makes cooperative crossings.
         #[cfg(not(feature = "tokio-runtime"))]
         CancelMode::Cooperative { grace: Some(_) } => {
-            shared.stop_token().run_until_cancelled(guarded).await
+            until_stopped(shared.stop_token(), guarded).await
         }
     };
     match finished {
@@ -389,6 +390,19 @@ where
         Some(Ok(Ok(v))) => Outcome::Value(v),
         Some(Ok(Err(e))) => Outcome::Error(e),
         Some(Err(payload)) => Outcome::Panic(panic_message(&*payload)),
+    }
+}
+
+/// `fut`'s output, or `None` once `stop` fired: the token is looked at first (`select` polls
+/// its first future first), so a stopped future is never polled again (tokio-util's
+/// `run_until_cancelled` polls the future first). Whatever a future returns after the stop, in
+/// response to it, is therefore never taken for its outcome; what it returned in a poll that
+/// began before the stop is (L2).
+async fn until_stopped<F: Future>(stop: &CancellationToken, fut: F) -> Option<F::Output> {
+    use futures::future::{select, Either};
+    match select(std::pin::pin!(stop.cancelled()), std::pin::pin!(fut)).await {
+        Either::Left(_) => None,
+        Either::Right((output, _)) => Some(output),
     }
 }
 

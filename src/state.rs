@@ -66,7 +66,8 @@ pub enum Event {
     /// The crossing's event loop closed.
     LoopClosed,
     /// The interpreter is exiting (L2): a running producer is stopped now, and the consumer,
-    /// if its loop still runs, ends cancelled when the producer's finish arrives.
+    /// if its loop still runs, ends with the producer's finish: cancelled, unless (Drop mode)
+    /// the producer returned a value or an error in a poll begun before the stop.
     Shutdown,
 }
 
@@ -77,7 +78,8 @@ pub enum Phase {
     Created,
     /// The producer runs and the consumer waits.
     Running,
-    /// The consumer cancelled; the cooperative producer is finishing.
+    /// The consumer cancelled and the cooperative producer is finishing, or the exit stopped
+    /// the producer (the only way here in Drop mode) and its finish is awaited.
     Cancelling,
     /// Nobody waits; the producer has not started yet and will run to its end.
     DetachedBeforeStart,

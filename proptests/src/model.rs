@@ -162,7 +162,8 @@ impl Model {
     }
 
     /// The interpreter exiting stops a producer someone waits for, in either mode, and the
-    /// consumer then ends cancelled when the finish comes; one that never started never will.
+    /// consumer then ends with the finish: cancelled, unless a Drop-mode producer returned a
+    /// value or an error all the same (`finish`); one that never started never will.
     /// Nobody stops what was detached. The exit's message becomes the reason unless a cancel
     /// gave one.
     fn shutdown(&mut self) -> Action {

@@ -90,6 +90,19 @@ impl LifeProbe {
         })
     }
 
+    /// A crossing whose Rust future waits for its own token, then returns `value`: what it
+    /// returns in response to a stop must never be taken for its outcome (L2).
+    fn answers_stop<'py>(&self, py: Python<'py>, value: Py<PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let shared = Arc::clone(&self.shared);
+        future_into_py(py, async move {
+            let _guard = DropGuard(Arc::clone(&shared));
+            let token = cancellation_token().expect("inside a crossing");
+            shared.update(|r| r.started += 1);
+            token.cancelled().await;
+            Ok(value)
+        })
+    }
+
     /// A crossing whose Rust future sleeps `secs`, then returns `value` (which it holds until
     /// then): a result arriving after its loop closed.
     fn late<'py>(

@@ -285,9 +285,6 @@ def test_l2_exit_stops_only_unfinished_work_on_loops_that_no_longer_run(loop_kin
 import atexit
 
 def outcome(fut):
-    # Bounded: with the threadsafe wakeup an outcome may never be delivered after the hook
-    # (the waker thread stops there, L3), and the handler must not hang.
-    loop.run_until_complete(asyncio.wait({fut}, timeout=2))
     if not fut.done():
         return "HUNG"
     try:
@@ -296,8 +293,12 @@ def outcome(fut):
         return e.args[0] if e.args else None
 
 def finish_later():
+    # Bounded: with the threadsafe wakeup an outcome may never be delivered after the hook
+    # (the waker thread stops there, L3), and the handler must not hang.
+    loop.run_until_complete(asyncio.wait({finished, unfinished, answered}, timeout=2))
     done = outcome(finished)
     print("unfinished:", outcome(unfinished), flush=True)
+    print("answered:", outcome(answered), flush=True)
     loop.close()
     print("finished:", done, flush=True)
     print("done", flush=True)
@@ -308,10 +309,10 @@ loop = new_loop()
 probe = b.LifeProbe()
 
 async def begin():
-    return probe.late(0, 42), probe.forever()
+    return probe.late(0, 42), probe.forever(), probe.answers_stop("made up after the stop")
 
-finished, unfinished = loop.run_until_complete(begin())
-assert probe.wait_started(2, 20)
+finished, unfinished, answered = loop.run_until_complete(begin())
+assert probe.wait_started(3, 20)
 # The first one's Rust future has returned (its guard dropped in the poll that finished it;
 # only the exit can drop the other). A plain ready crossing could still be unpolled at exit,
 # and then it is unfinished work (seen once under load on 3.11).
@@ -322,10 +323,14 @@ assert probe.wait_dropped(1, 20)
         assert_clean(proc)
         delivered = "finished: 42" in proc.stdout
         stopped = "unfinished: %s" % b.EXIT_CANCEL_MESSAGE in proc.stdout
+        # A value the Rust future makes in response to the stop is not its outcome.
+        answered = "answered: %s" % b.EXIT_CANCEL_MESSAGE in proc.stdout
+        assert "made up after the stop" not in proc.stdout, proc.stdout
         if THREADSAFE_WAKEUP:
             # Delivered only if a drain was already scheduled with the loop before the hook
             # (the waker thread stops there, L3); never a hang.
             assert delivered or "finished: HUNG" in proc.stdout, proc.stdout
             assert stopped or "unfinished: HUNG" in proc.stdout, proc.stdout
+            assert answered or "answered: HUNG" in proc.stdout, proc.stdout
         else:
-            assert delivered and stopped, proc.stdout
+            assert delivered and stopped and answered, proc.stdout
